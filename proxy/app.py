@@ -1,0 +1,153 @@
+"""``create_app(settings)``: builds the whole proxy. Nothing is created at import time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route as StarletteRoute
+
+from proxy.auth import Authenticator
+from proxy.chat import ChatCompletions
+from proxy.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    ProxyError,
+)
+from proxy.middleware import RequestID
+from proxy.settings import Settings
+from proxy.upstreams import build_routes
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """The ASGI app for ``settings``.
+
+    ``transport`` replaces the network under the shared upstream client (tests pass an
+    ``httpx.MockTransport``). The client and the upstreams are created by the lifespan and
+    closed when the app shuts down.
+    """
+    auth = Authenticator(settings.api_keys)
+    routes: dict[str, Any] = {}
+    chat = ChatCompletions(
+        routes, auth, max_body_bytes=settings.max_body_bytes, keepalive=settings.keepalive_seconds
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limits = httpx.Limits(
+            max_connections=settings.pool.max_connections,
+            max_keepalive_connections=settings.pool.max_keepalive,
+            keepalive_expiry=settings.pool.keepalive_expiry,
+        )
+        async with httpx.AsyncClient(limits=limits, transport=transport) as client:
+            upstreams, built = build_routes(settings, client)
+            routes.update(built)
+            app.state.ready = True
+            try:
+                yield
+            finally:
+                app.state.ready = False
+                routes.clear()
+                for upstream in upstreams:
+                    await upstream.aclose()
+
+    middleware = [Middleware(RequestID)]
+    if settings.cors_origins:
+        middleware.insert(
+            0,
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["*"],
+                expose_headers=["x-request-id"],
+                max_age=600,
+            ),
+        )
+    app = FastAPI(
+        title="chat-stream-proxy",
+        lifespan=lifespan,
+        middleware=middleware,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.ready = False
+    app.router.routes.append(StarletteRoute("/v1/chat/completions", chat))
+    # openai-python's base_url may or may not end in /v1; both spellings are common.
+    app.router.routes.append(StarletteRoute("/chat/completions", chat))
+    _add_small_routes(app, settings, auth)
+    _add_error_handlers(app)
+    return app
+
+
+def _add_small_routes(app: FastAPI, settings: Settings, auth: Authenticator) -> None:
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        auth.check(request.scope)
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": route.upstream}
+            for name, route in settings.models.items()
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> Response:
+        if request.app.state.ready:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "not ready"}, status_code=503)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def proxy_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProxyError)
+        return Response(exc.to_json(), exc.status, exc.headers, media_type="application/json")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        error: ProxyError
+        if exc.status_code == 404:
+            error = NotFound(f"No route for {request.method} {request.url.path}.")
+        elif exc.status_code == 405:
+            error = MethodNotAllowed(
+                f"Method {request.method} is not allowed on {request.url.path}."
+            )
+        else:
+            error = ProxyError(
+                str(exc.detail), status=exc.status_code, type="invalid_request_error"
+            )
+        return await proxy_error(request, error)
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        return await proxy_error(request, InvalidRequest("The request is invalid."))
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return await proxy_error(request, ProxyError("The proxy had an internal error."))
+
+    app.add_exception_handler(ProxyError, proxy_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (used with several workers): settings from env."""
+    from proxy.settings import load_settings
+
+    return create_app(load_settings())

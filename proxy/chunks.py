@@ -1,0 +1,232 @@
+"""OpenAI chat chunk shapes: normalise an upstream's chunks, aggregate them, or make them.
+
+Every upstream's chunks pass through one ``StreamNormalizer`` (quirks.md §5.6): ``id``,
+``object``, ``created`` and ``model`` are filled in and kept constant (Qwen's ``openai_api.py``
+sends none of ``id``/``created``), the public model name replaces the upstream's, ``reasoning``
+is renamed ``reasoning_content``, the first chunk carries ``delta.role``, empty events are
+dropped and in-stream error shapes raise. Chunks are plain dicts from orjson: no per-chunk
+model validation, because the hot path must cost microseconds.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from proxy.errors import UpstreamError
+
+Chunk = dict[str, Any]
+
+
+def new_completion_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex
+
+
+def upstream_error_message(payload: Any) -> str | None:
+    """The error message if ``payload`` is one of the in-stream error shapes, else None.
+
+    Shapes: ``{"error": {...}}`` (OpenAI, vLLM, DashScope), ``{"error": "text"}``, and vLLM's
+    legacy ``{"object": "error", "message": ...}``.
+    """
+    if not isinstance(payload, dict):
+        return None
+    error = payload.get("error")
+    if error:
+        if isinstance(error, dict):
+            return str(error.get("message") or error.get("msg") or "upstream error")
+        return str(error)
+    if payload.get("object") == "error":
+        return str(payload.get("message") or "upstream error")
+    return None
+
+
+class StreamNormalizer:
+    """Makes one stream's chunks exactly OpenAI-shaped. One instance per stream."""
+
+    __slots__ = ("created", "finished", "id", "include_usage", "model", "started", "usage")
+
+    def __init__(self, public_model: str, include_usage: bool) -> None:
+        self.model = public_model
+        self.include_usage = include_usage
+        self.id: str | None = None
+        self.created: int = 0
+        self.started = False  # a chunk with choices was passed on (it carried the role)
+        self.finished = False  # a finish_reason was seen: the answer is complete
+        self.usage: dict[str, Any] | None = None
+
+    def normalize(self, chunk: Any) -> Chunk | None:
+        """The chunk to send, or None to drop it. Raises UpstreamError on an error payload."""
+        if not isinstance(chunk, dict):
+            raise UpstreamError("the upstream sent a chunk that is not a JSON object")
+        message = upstream_error_message(chunk)
+        if message is not None:
+            raise UpstreamError(message, code="upstream_stream_error")
+        if self.id is None:
+            self.id = chunk.get("id") or new_completion_id()
+            created = chunk.get("created")
+            self.created = created if isinstance(created, int) else int(time.time())
+        chunk["id"] = self.id
+        chunk["object"] = "chat.completion.chunk"
+        chunk["created"] = self.created
+        chunk["model"] = self.model
+        choices = chunk.get("choices")
+        usage = chunk.get("usage")
+        if usage:
+            self.usage = usage
+        if not choices:
+            if not usage or not self.include_usage:
+                return None  # a ping-like empty event, or usage the client did not ask for
+            chunk["choices"] = []
+            return chunk
+        for choice in choices:
+            self._choice(choice)
+        return chunk
+
+    def _choice(self, choice: Any) -> None:
+        if not isinstance(choice, dict):
+            raise UpstreamError("the upstream sent a malformed choice")
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            delta = choice["delta"] = {}
+        if "reasoning" in delta:  # vLLM >= 0.11, Ollama, OpenRouter
+            reasoning = delta.pop("reasoning")
+            if reasoning is not None and delta.get("reasoning_content") is None:
+                delta["reasoning_content"] = reasoning
+        if not self.started:
+            self.started = True
+            if "role" not in delta:
+                choice["delta"] = {"role": "assistant", **delta}
+        if choice.get("finish_reason"):
+            self.finished = True
+
+
+def normalize_completion(completion: Any, public_model: str) -> Chunk:
+    """A non-stream answer, shaped like OpenAI's ``chat.completion``."""
+    message = upstream_error_message(completion)
+    if message is not None:
+        raise UpstreamError(message, code="upstream_error")
+    if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
+        raise UpstreamError("the upstream answered JSON that is not a chat completion")
+    completion["id"] = completion.get("id") or new_completion_id()
+    completion["object"] = "chat.completion"
+    if not isinstance(completion.get("created"), int):
+        completion["created"] = int(time.time())
+    completion["model"] = public_model
+    for choice in completion["choices"]:
+        message_obj = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message_obj, dict) and "reasoning" in message_obj:
+            reasoning = message_obj.pop("reasoning")
+            if reasoning is not None and message_obj.get("reasoning_content") is None:
+                message_obj["reasoning_content"] = reasoning
+    return completion
+
+
+class Aggregator:
+    """Merges a stream's (normalised) chunks into one ``chat.completion``."""
+
+    def __init__(self) -> None:
+        self.first: Chunk | None = None
+        self.choices: dict[int, dict[str, Any]] = {}
+        self.usage: dict[str, Any] | None = None
+
+    def add(self, chunk: Chunk) -> None:
+        if self.first is None:
+            self.first = chunk
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            state = self.choices.setdefault(
+                choice.get("index", 0),
+                {"role": "assistant", "content": [], "reasoning": [], "tools": {}, "finish": None},
+            )
+            delta = choice.get("delta") or {}
+            if delta.get("role"):
+                state["role"] = delta["role"]
+            if delta.get("content"):
+                state["content"].append(delta["content"])
+            if delta.get("reasoning_content"):
+                state["reasoning"].append(delta["reasoning_content"])
+            for call in delta.get("tool_calls") or ():
+                _merge_tool_call(state["tools"], call)
+            if choice.get("finish_reason"):
+                state["finish"] = choice["finish_reason"]
+
+    def result(self) -> Chunk:
+        first = self.first or {}
+        completion: Chunk = {
+            "id": first.get("id") or new_completion_id(),
+            "object": "chat.completion",
+            "created": first.get("created") or int(time.time()),
+            "model": first.get("model"),
+            "choices": [self._choice(i, s) for i, s in sorted(self.choices.items())],
+        }
+        if first.get("system_fingerprint"):
+            completion["system_fingerprint"] = first["system_fingerprint"]
+        if self.usage is not None:
+            completion["usage"] = self.usage
+        return completion
+
+    @staticmethod
+    def _choice(index: int, state: dict[str, Any]) -> Chunk:
+        tools = [state["tools"][i] for i in sorted(state["tools"])]
+        content = "".join(state["content"])
+        message: Chunk = {
+            "role": state["role"],
+            "content": content if content or not tools else None,
+            "refusal": None,
+        }
+        if state["reasoning"]:
+            message["reasoning_content"] = "".join(state["reasoning"])
+        if tools:
+            message["tool_calls"] = tools
+        return {
+            "index": index,
+            "message": message,
+            "logprobs": None,
+            "finish_reason": state["finish"],
+        }
+
+
+def _merge_tool_call(tools: dict[int, Chunk], call: Any) -> None:
+    if not isinstance(call, dict):
+        return
+    index = call.get("index", len(tools))
+    merged = tools.setdefault(
+        index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+    )
+    if call.get("id"):
+        merged["id"] = call["id"]
+    if call.get("type"):
+        merged["type"] = call["type"]
+    function = call.get("function") or {}
+    if function.get("name"):
+        merged["function"]["name"] += function["name"]
+    if function.get("arguments"):
+        merged["function"]["arguments"] += function["arguments"]
+
+
+def completion_to_chunks(completion: Chunk) -> list[Chunk]:
+    """The chunks a streaming client gets when the upstream answered one JSON anyway."""
+    base = {key: completion.get(key) for key in ("id", "object", "created", "model")}
+    base["object"] = "chat.completion.chunk"
+    chunks: list[Chunk] = []
+    for choice in completion.get("choices") or ():
+        message = choice.get("message") or {}
+        index = choice.get("index", 0)
+        delta: Chunk = {"role": message.get("role") or "assistant", "content": ""}
+        chunks.append(_chunk(base, index, delta, None))
+        body = {k: v for k, v in message.items() if k != "role" and v is not None}
+        if "tool_calls" in body:
+            body["tool_calls"] = [{"index": i, **call} for i, call in enumerate(body["tool_calls"])]
+        if body:
+            chunks.append(_chunk(base, index, body, None))
+        chunks.append(_chunk(base, index, {}, choice.get("finish_reason") or "stop"))
+    if completion.get("usage"):
+        chunks.append({**base, "choices": [], "usage": completion["usage"]})
+    return chunks
+
+
+def _chunk(base: Chunk, index: int, delta: Chunk, finish: str | None) -> Chunk:
+    choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return {**base, "choices": [choice]}

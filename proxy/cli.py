@@ -1,0 +1,91 @@
+"""The command line: ``chat-stream-proxy [serve] [--config F] [--host H] [--port P] [--workers N]``.
+
+``python -m proxy`` is the same command. A bad config stops start-up with one line on stderr
+naming the file, the key and the problem, and exit code 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from proxy.settings import ENV_PREFIX, ConfigError, Settings, load_settings
+
+COMMANDS = ("serve",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chat-stream-proxy",
+        description="OpenAI-compatible chat streaming proxy (echo model by default).",
+    )
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="serve the proxy (the default command)")
+    serve.add_argument("--config", help="YAML config file (env PROXY_CONFIG)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1; env PROXY_HOST)")
+    serve.add_argument("--port", type=int, help="port (default 8000; env PROXY_PORT)")
+    serve.add_argument(
+        "--workers", type=int, help="worker processes (default 1; env PROXY_WORKERS)"
+    )
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or (args[0] not in COMMANDS and args[0] not in ("-h", "--help")):
+        args.insert(0, "serve")
+    options = build_parser().parse_args(args)
+    try:
+        settings = load_settings(
+            config=options.config,
+            host=options.host,
+            port=options.port,
+            workers=options.workers,
+            log_level=options.log_level,
+        )
+    except ConfigError as exc:
+        print(f"chat-stream-proxy: config error: {exc}", file=sys.stderr)
+        return 2
+    serve(settings)
+    return 0
+
+
+def serve(settings: Settings) -> None:
+    """Run uvicorn with the proxy until SIGINT/SIGTERM."""
+    import uvicorn
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    models = ", ".join(f"{name} -> {route.upstream}" for name, route in settings.models.items())
+    print(
+        f"chat-stream-proxy: serving http://{settings.host}:{settings.port}/v1 ({models})",
+        file=sys.stderr,
+        flush=True,
+    )
+    common = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,  # one line per request comes from the proxy itself
+        "timeout_graceful_shutdown": None,
+    }
+    if settings.workers == 1:
+        from proxy.app import create_app
+
+        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+        return
+    # Each worker process builds its own app from the environment: pass the flags on.
+    for key, value in (("config", settings.config), ("log_level", settings.log_level)):
+        if value is not None:
+            os.environ[ENV_PREFIX + key.upper()] = str(value)
+    uvicorn.run(
+        "proxy.app:create_app_from_env",
+        factory=True,
+        workers=settings.workers,
+        **common,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,223 @@
+"""Settings: the YAML config file of the contract, overridden by ``PROXY_*`` env vars.
+
+Precedence, highest first: command-line flags, ``PROXY_*`` environment variables, the config
+file (``--config`` / ``PROXY_CONFIG``), built-in defaults. With no config at all the proxy
+serves the built-in echo model, so ``python -m proxy`` works on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "PROXY_"
+
+
+class ConfigError(Exception):
+    """A config problem, already phrased as one line: ``<file>: <key>: <problem>``."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Strict):
+    """Upstream timeouts in seconds."""
+
+    connect: float = Field(5.0, gt=0)
+    first_byte: float = Field(60.0, gt=0)  # until the upstream's response headers
+    idle: float = Field(60.0, gt=0)  # between two reads of the upstream body
+    write: float = Field(30.0, gt=0)
+
+
+class EchoUpstream(_Strict):
+    """The built-in fake model: streams the last user message back."""
+
+    type: Literal["echo"]
+    delay_ms: float = Field(50.0, ge=0)
+    chunk: Literal["word", "char"] = "word"
+
+
+class HTTPUpstream(_Strict):
+    """An OpenAI-compatible server (``openai``) or a Qwen server (``qwen``)."""
+
+    type: Literal["openai", "qwen"]
+    base_url: str
+    api_key: str | None = Field(None, repr=False)
+    api_key_env: str | None = None
+    timeouts: Timeouts = Timeouts()
+    headers: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _check_url(self) -> HTTPUpstream:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        return self
+
+    def resolve_key(self) -> str | None:
+        """The upstream key, from ``api_key`` or the env var named by ``api_key_env``."""
+        if self.api_key:
+            return self.api_key
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env) or None
+        return None
+
+
+UpstreamConfig = Annotated[EchoUpstream | HTTPUpstream, Field(discriminator="type")]
+
+
+class ModelRoute(_Strict):
+    """A public model name routed to an upstream (and the upstream's own model name)."""
+
+    upstream: str
+    model: str | None = None  # the upstream's name; defaults to the public name
+    force_stream: bool = False  # the upstream only streams: aggregate for non-stream clients
+
+
+class Pool(_Strict):
+    """The shared upstream connection pool."""
+
+    max_connections: int = Field(1000, ge=1)
+    max_keepalive: int = Field(100, ge=0)
+    keepalive_expiry: float = Field(30.0, ge=0)
+
+
+def _default_upstreams() -> dict[str, EchoUpstream | HTTPUpstream]:
+    return {"echo": EchoUpstream(type="echo")}
+
+
+def _default_models() -> dict[str, ModelRoute]:
+    return {"echo": ModelRoute(upstream="echo")}
+
+
+class Settings(BaseSettings):
+    """Everything the proxy needs; built once and handed to ``create_app``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, env_nested_delimiter="__"
+    )
+
+    # Where and how to serve (command line / env).
+    config: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # The config file's keys.
+    api_keys: list[Annotated[str, Field(min_length=1)]] = Field([], repr=False)
+    cors_origins: list[str] = []
+    keepalive_seconds: float = Field(15.0, gt=0)
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    pool: Pool = Pool()
+    upstreams: dict[str, UpstreamConfig] = Field(default_factory=_default_upstreams)
+    models: dict[str, ModelRoute] = Field(default_factory=_default_models)
+
+    @model_validator(mode="after")
+    def _check_routes(self) -> Settings:
+        for name, route in self.models.items():
+            if route.upstream not in self.upstreams:
+                known = ", ".join(sorted(self.upstreams)) or "none"
+                raise ValueError(
+                    f"models.{name}.upstream: unknown upstream {route.upstream!r} "
+                    f"(configured: {known})"
+                )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Flags (init) beat env, env beats the file; the file comes from either of them.
+        path = getattr(init_settings, "init_kwargs", {}).get("config") or os.environ.get(
+            ENV_PREFIX + "CONFIG"
+        )
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path:
+            sources.append(_YamlFile(settings_cls, Path(path)))
+        return tuple(sources)
+
+
+class _YamlFile(PydanticBaseSettingsSource):
+    """The YAML config file as a settings source (its top level must be a mapping)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls)
+        self.data = read_config_file(path)
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.data)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse the YAML file, raising ConfigError with the file (and line) on any problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: {where}invalid YAML: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of keys, not {type(data).__name__}"
+        )
+    return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from flags (``overrides``), env and the config file.
+
+    Raises ConfigError whose text names the source (file or environment), the key and the
+    problem, ready to be printed as the one line of a failed start-up.
+    """
+    flags = {key: value for key, value in overrides.items() if value is not None}
+    source = flags.get("config") or os.environ.get(ENV_PREFIX + "CONFIG") or "environment"
+    try:
+        return Settings(**flags)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line: ``key.path: problem; other.key: problem``."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in _without_union_tag(error["loc"]))
+        message = error["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        parts.append(f"{loc}: {message}" if loc else message)
+    return "; ".join(parts)
+
+
+def _without_union_tag(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    # pydantic puts the discriminator value in the location: upstreams.<name>.<type>.key.
+    if len(loc) > 2 and loc[0] == "upstreams" and loc[2] in ("echo", "openai", "qwen"):
+        return loc[:2] + loc[3:]
+    return loc

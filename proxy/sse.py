@@ -1,0 +1,130 @@
+"""Server-Sent Events: the frames we write and an incremental decoder for what upstreams send.
+
+We write one canonical framing, ``data: <json>\\n\\n``, and only ``data:`` lines and ``:``
+comments. ``\\n`` rather than sse-starlette's default ``\\r\\n``: it is what OpenAI sends, and a
+CRLF split across two reads makes ``requests.iter_lines()`` yield a spurious empty line.
+
+The decoder works on bytes, not text, on purpose: line ends are ``\\r\\n``, ``\\r`` or ``\\n``
+(also mixed, also a CRLF split across two reads), and nothing else. Decoding to ``str`` first
+and splitting there (httpx's ``aiter_lines()``) also splits on U+2028, U+0085 and friends,
+which cuts JSON strings that contain them. A multi-byte UTF-8 character split across reads is
+safe because data is only decoded (by orjson) once its event is complete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+DONE = b"data: [DONE]\n\n"
+PING = b": ping\n\n"
+_BOM = b"\xef\xbb\xbf"
+
+
+def encode_event(payload: object) -> bytes:
+    """One ``data:`` event: ``payload`` as compact JSON, raw UTF-8 (no ``\\u`` escapes)."""
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def encode_comment(text: str = "") -> bytes:
+    """A comment line (clients ignore it); used for keepalive pings."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return b"".join(b": " + line.encode() + b"\n" for line in lines) + b"\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One dispatched SSE event. ``event`` is the ``event:`` field (``None`` if absent)."""
+
+    data: bytes
+    event: str | None = None
+
+
+class SSEDecoder:
+    """Feed it raw bytes as they arrive; it returns the events completed so far.
+
+    ``id:`` and ``retry:`` are parsed and dropped (we never forward them). A legacy llama.cpp
+    ``error: {...}`` line becomes an ``Event(event="error")``. Events with no data are dropped:
+    re-sent as ``data:`` they would crash openai-python's JSON parsing.
+    """
+
+    __slots__ = ("_buf", "_data", "_event", "_skip_lf", "_started")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._data: list[bytes] = []
+        self._event: str | None = None
+        self._skip_lf = False  # the last read ended on "\r": a "\n" starting the next is its pair
+        self._started = False  # the BOM is only stripped at the very beginning
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        if not chunk:
+            return []
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        buf = self._buf + chunk if self._buf else chunk
+        if not self._started:
+            if len(buf) < 3 and _BOM.startswith(buf):
+                self._buf = buf  # can't tell yet whether this is a BOM
+                return []
+            self._started = True
+            if buf.startswith(_BOM):
+                buf = buf[3:]
+        events: list[Event] = []
+        if b"\r" not in buf:  # the common case: LF framing, split without a regex
+            lines = buf.split(b"\n")
+            self._buf = lines.pop()
+            for line in lines:
+                self._line(line, events)
+            return events
+        start = 0
+        size = len(buf)
+        while True:
+            cr = buf.find(b"\r", start)
+            lf = buf.find(b"\n", start)
+            if cr < 0 and lf < 0:
+                break
+            if cr < 0 or (0 <= lf < cr):
+                end, nxt = lf, lf + 1
+            elif cr + 1 < size:
+                end, nxt = cr, cr + 2 if buf[cr + 1] == 0x0A else cr + 1
+            else:  # "\r" is the last byte: the line is complete, its "\n" may follow
+                end, nxt = cr, cr + 1
+                self._skip_lf = True
+            self._line(buf[start:end], events)
+            start = nxt
+        self._buf = buf[start:]
+        return events
+
+    def flush(self) -> list[Event]:
+        """At end of input: an unterminated last event is still dispatched (we are lenient)."""
+        events: list[Event] = []
+        if self._buf:
+            self._line(self._buf, events)
+            self._buf = b""
+        self._line(b"", events)
+        return events
+
+    def _line(self, line: bytes, events: list[Event]) -> None:
+        if not line:
+            if self._data:
+                events.append(Event(b"\n".join(self._data), self._event))
+            self._data = []
+            self._event = None
+            return
+        if line[0] == 0x3A:  # ":" comment (pings, keep-alives)
+            return
+        name, sep, value = line.partition(b":")
+        if sep and value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        elif name == b"error":  # llama.cpp before PR #16109: "error: {json}" instead of data
+            self._event = "error"
+            self._data.append(value)
+        # "id", "retry" and unknown fields are ignored, as the SSE spec says.

@@ -1,0 +1,65 @@
+"""The seam between the proxy and a model: one method, ``Upstream.open``.
+
+An upstream turns a validated ``ChatRequest`` into a ``Reply``. ``open`` returns once the
+upstream has answered (for HTTP upstreams: once the response headers are in), raising a
+``ProxyError`` for everything that goes wrong before that; after it returns the proxy commits
+its own response. The caller owns the reply and must ``aclose()`` it, whatever happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A client's chat request after validation."""
+
+    body: dict[str, Any]  # the client's JSON body, unknown fields included
+    model: str  # the public model name
+    stream: bool
+    include_usage: bool
+    request_id: str
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a public model goes: the upstream, its model name, and how to call it."""
+
+    public_model: str
+    upstream_name: str
+    upstream: Upstream
+    upstream_model: str
+    force_stream: bool = False
+
+
+@dataclass(slots=True)
+class Reply:
+    """An upstream's answer: either one JSON ``completion`` or a stream of ``chunks``.
+
+    ``chunks`` yields decoded chunk dicts as they arrive and raises ``ProxyError`` if the
+    stream breaks. ``close`` releases the upstream connection; it is idempotent.
+    """
+
+    completion: dict[str, Any] | None = None
+    chunks: AsyncIterator[dict[str, Any]] | None = None
+    closers: list[Any] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        while self.closers:
+            await self.closers.pop()()
+
+
+class Upstream(Protocol):
+    """Anything that can answer a chat request."""
+
+    async def open(self, request: ChatRequest, route: Route) -> Reply:
+        """Send the request; return once the upstream has answered."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the upstream holds (the app's lifespan calls it)."""
+        ...

@@ -1,0 +1,89 @@
+"""The built-in fake model: streams the last user message back, word by word or char by char.
+
+It needs no network and no key, so it is the default model and the reference the streaming
+tests time against. With ``chunk: char, delay_ms: 300`` it reproduces the classic demo of one
+character every 0.3 s. A "token" here is one piece (a word with its leading whitespace, or one
+character); ``usage`` counts pieces, and ``max_tokens`` truncates with ``finish_reason:
+"length"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from proxy.chunks import Chunk, new_completion_id
+from proxy.settings import EchoUpstream as EchoConfig
+from proxy.upstreams.base import ChatRequest, Reply, Route
+
+_WORD = re.compile(r"\s*\S+|\s+$")
+
+
+def split_pieces(text: str, chunk: str) -> list[str]:
+    """The pieces the echo model emits for ``text``."""
+    return list(text) if chunk == "char" else _WORD.findall(text)
+
+
+def message_text(message: Any) -> str:
+    """A message's text, whether ``content`` is a string or a list of content parts."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part.get("text", "")
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+class EchoModel:
+    """An ``Upstream`` answering from memory; see the module docstring."""
+
+    def __init__(self, config: EchoConfig) -> None:
+        self.delay = config.delay_ms / 1000
+        self.chunk = config.chunk
+
+    async def open(self, request: ChatRequest, route: Route) -> Reply:
+        messages = request.body["messages"]
+        users = [m for m in messages if m.get("role") == "user"]
+        pieces = split_pieces(message_text(users[-1]) if users else "", self.chunk)
+        finish = "stop"
+        if request.max_tokens is not None and len(pieces) > request.max_tokens:
+            pieces, finish = pieces[: request.max_tokens], "length"
+        prompt_tokens = sum(len(split_pieces(message_text(m), self.chunk)) for m in messages)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(pieces),
+            "total_tokens": prompt_tokens + len(pieces),
+        }
+        return Reply(chunks=self._chunks(route.upstream_model, pieces, finish, usage))
+
+    async def _chunks(
+        self, model: str, pieces: list[str], finish: str, usage: dict[str, int]
+    ) -> AsyncIterator[Chunk]:
+        head = {
+            "id": new_completion_id(),
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+
+        def chunk(delta: Chunk, finish_reason: str | None = None) -> Chunk:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return {**head, "choices": [choice]}
+
+        yield chunk({"role": "assistant", "content": "", "refusal": None})
+        for number, piece in enumerate(pieces):
+            if number and self.delay:
+                await asyncio.sleep(self.delay)
+            yield chunk({"content": piece})
+        yield chunk({}, finish)
+        yield {**head, "choices": [], "usage": usage}
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from proxy import create_app
+from tests.helpers import echo_settings, run_server
+
+# Client libraries must never reach past 127.0.0.1 (e.g. through a proxy from the env).
+for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+    os.environ.pop(name, None)
+os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+
+DELAY = 0.1  # the echo model's delay between words in the timing tests
+
+
+@pytest.fixture(scope="session")
+def echo_url() -> Iterator[str]:
+    """A proxy on a real socket serving the echo model with DELAY between words."""
+    app = create_app(echo_settings(echo={"delay_ms": DELAY * 1000}))
+    with run_server(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def fast_url() -> Iterator[str]:
+    """A proxy serving the echo model with no delay (for shape and error tests)."""
+    with run_server(create_app(echo_settings())) as url:
+        yield url

@@ -1,0 +1,87 @@
+"""Shared test helpers: a real uvicorn server on 127.0.0.1:0, timing, a buffering wrapper."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+
+from proxy.asgi import ASGIApp, Message, Receive, Scope, Send
+from proxy.settings import Settings
+
+
+def echo_settings(**overrides: Any) -> Settings:
+    """Settings serving only the echo model, with ``overrides`` (no file, no env)."""
+    echo = overrides.pop("echo", {})
+    return Settings(
+        upstreams={"echo": {"type": "echo", "delay_ms": 0, "chunk": "word", **echo}},
+        models={"echo": {"upstream": "echo"}},
+        **overrides,
+    )
+
+
+@contextmanager
+def run_server(app: ASGIApp, **config: Any) -> Iterator[str]:
+    """Serve ``app`` with a real uvicorn on an ephemeral port; yields the base URL."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", **config)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+class BufferingWrapper:
+    """A deliberately pseudo-streaming hop: holds every body part back until the last one.
+
+    The negative control for the streaming tests: what they assert must fail through it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        parts: list[bytes] = []
+
+        async def buffered(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                parts.append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"".join(parts)}
+            await send(message)
+
+        await self.app(scope, receive, buffered)
+
+
+def assert_true_streaming(times: list[float], started: float, delay: float) -> None:
+    """``times`` are the arrival times of the content events of one stream.
+
+    True streaming: the first arrives before 40% of the stream's duration, and the gaps follow
+    the upstream's ``delay`` (their median is within [0.5, 2] x delay).
+    """
+    assert len(times) >= 4, f"too few events to judge: {len(times)}"
+    duration = times[-1] - started
+    first = times[0] - started
+    assert first < 0.4 * duration, f"first event at {first:.3f}s of {duration:.3f}s: buffered"
+    gaps = sorted(b - a for a, b in itertools.pairwise(times))
+    median = gaps[len(gaps) // 2]
+    assert 0.5 * delay <= median <= 2 * delay, f"median gap {median:.3f}s, expected ~{delay}s"
