@@ -52,6 +52,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             keepalive_expiry=settings.pool.keepalive_expiry,
         )
         async with httpx.AsyncClient(limits=limits, transport=transport) as client:
+            app.state.http_client = client
             upstreams, built = build_routes(settings, client)
             routes.update(built)
             app.state.ready = True

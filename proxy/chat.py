@@ -113,14 +113,15 @@ class ChatCompletions:
     async def _stream(
         self, request: ChatRequest, reply: Reply, send: Send, watchdog: Watchdog
     ) -> None:
+        chunks = _chunks_of(reply, request.model)  # may still fail as an HTTP error
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         watchdog.start_keepalive()
         normalizer = StreamNormalizer(request.model, request.include_usage)
         try:
-            async for chunk in _chunks_of(reply, request.model):
+            async for chunk in chunks:
                 out = normalizer.normalize(chunk)
                 if out is not None:
-                    event = b"data: " + orjson.dumps(out) + b"\n\n"
+                    event = b"data: " + orjson.dumps(out) + b"\n\n"  # sse.encode_event, inlined
                     await send({"type": "http.response.body", "body": event, "more_body": True})
                     watchdog.wrote()
             if not normalizer.finished:
@@ -152,14 +153,17 @@ class ChatCompletions:
         return aggregator.result()
 
 
-async def _chunks_of(reply: Reply, public_model: str) -> AsyncIterator[Any]:
+def _chunks_of(reply: Reply, public_model: str) -> AsyncIterator[Any]:
     """The reply as chunks, converting a one-JSON answer for a streaming client."""
     if reply.chunks is not None:
-        async for chunk in reply.chunks:
-            yield chunk
-    elif reply.completion is not None:
-        for chunk in completion_to_chunks(normalize_completion(reply.completion, public_model)):
-            yield chunk
+        return reply.chunks  # iterated directly: no extra generator layer per chunk
+    completion = normalize_completion(reply.completion, public_model)
+    return _iterate(completion_to_chunks(completion))
+
+
+async def _iterate(chunks: list[Chunk]) -> AsyncIterator[Chunk]:
+    for chunk in chunks:
+        yield chunk
 
 
 def _uncancel() -> None:

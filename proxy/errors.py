@@ -139,4 +139,4 @@ class UpstreamTimeout(UpstreamError):
 class UpstreamStatusError(UpstreamError):
     """The upstream answered 4xx/5xx; its status and (scrubbed) message are passed on."""
 
-    code = None
+    code: str | None = None

@@ -144,3 +144,14 @@ def test_cli_bad_config_one_line_exit_2(tmp_path: Path, args: list[str]) -> None
 def test_shipped_default_config_is_valid() -> None:
     settings = load_settings(config=str(ROOT / "config" / "proxy.yaml"))
     assert list(settings.models) == ["echo"]
+
+
+def test_example_configs_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-example")
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-dashscope-example")
+    openai = load_settings(config=str(ROOT / "config" / "openai.yaml"))
+    assert openai.upstreams["openai"].resolve_key() == "sk-openai-example"  # type: ignore[union-attr]
+    assert openai.models["gpt-4o-mini"].upstream == "openai"
+    qwen = load_settings(config=str(ROOT / "config" / "qwen.yaml"))
+    assert qwen.upstreams["dashscope"].resolve_key() == "sk-dashscope-example"  # type: ignore[union-attr]
+    assert qwen.models["qwq-32b"].force_stream

@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import httpx
 
-from proxy.settings import EchoUpstream, Settings
+from proxy.settings import EchoUpstream, HTTPUpstream, Settings
 from proxy.upstreams.base import ChatRequest, Reply, Route, Upstream
 from proxy.upstreams.echo import EchoModel
+from proxy.upstreams.openai import OpenAICompatible
 
 __all__ = ["ChatRequest", "Reply", "Route", "Upstream", "build_routes"]
 
 
-def build_upstream(config: object, client: httpx.AsyncClient) -> Upstream:
+def build_upstream(
+    name: str, config: EchoUpstream | HTTPUpstream, client: httpx.AsyncClient
+) -> Upstream:
     if isinstance(config, EchoUpstream):
         return EchoModel(config)
-    raise NotImplementedError(f"upstream type {getattr(config, 'type', config)!r}")
+    return OpenAICompatible(name, config, client)
 
 
 def build_routes(
     settings: Settings, client: httpx.AsyncClient
 ) -> tuple[list[Upstream], dict[str, Route]]:
     """One upstream object per configured upstream, and the public model routes onto them."""
-    upstreams = {name: build_upstream(cfg, client) for name, cfg in settings.upstreams.items()}
+    upstreams = {
+        name: build_upstream(name, cfg, client) for name, cfg in settings.upstreams.items()
+    }
     routes = {
         public: Route(
             public_model=public,

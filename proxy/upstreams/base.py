@@ -8,7 +8,7 @@ its own response. The caller owns the reply and must ``aclose()`` it, whatever h
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,14 +41,17 @@ class Reply:
     """An upstream's answer: either one JSON ``completion`` or a stream of ``chunks``.
 
     ``chunks`` yields decoded chunk dicts as they arrive and raises ``ProxyError`` if the
-    stream breaks. ``close`` releases the upstream connection; it is idempotent.
+    stream breaks. ``aclose`` finishes the generator and releases the upstream connection;
+    it is idempotent.
     """
 
     completion: dict[str, Any] | None = None
-    chunks: AsyncIterator[dict[str, Any]] | None = None
-    closers: list[Any] = field(default_factory=list)
+    chunks: AsyncGenerator[dict[str, Any], None] | None = None
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def aclose(self) -> None:
+        if self.chunks is not None:
+            await self.chunks.aclose()  # a generator suspended mid-stream is finished first
         while self.closers:
             await self.closers.pop()()
 

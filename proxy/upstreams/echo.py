@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from proxy.chunks import Chunk, new_completion_id
@@ -65,7 +65,7 @@ class EchoModel:
 
     async def _chunks(
         self, model: str, pieces: list[str], finish: str, usage: dict[str, int]
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         head = {
             "id": new_completion_id(),
             "object": "chat.completion.chunk",
