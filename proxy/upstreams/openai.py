@@ -269,5 +269,8 @@ def _optional_str(value: Any) -> str | None:
 
 
 def _reason(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.rstrip(".")
+    if str(exc):
+        return str(exc).rstrip(".")
+    if isinstance(exc, httpx.ReadError | httpx.WriteError):
+        return "the connection was reset"  # httpx gives these no text of their own
+    return type(exc).__name__
