@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route as StarletteRoute
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from proxy.auth import Authenticator
 from proxy.chat import ChatCompletions
@@ -24,8 +25,9 @@ from proxy.errors import (
     NotFound,
     ProxyError,
 )
-from proxy.middleware import RequestID
+from proxy.middleware import RequestID, RootPath
 from proxy.settings import Settings
+from proxy.shutdown import Drain
 from proxy.upstreams import build_routes
 
 log = logging.getLogger(__name__)
@@ -39,9 +41,14 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     closed when the app shuts down.
     """
     auth = Authenticator(settings.api_keys)
+    drain = Drain(settings.shutdown_grace_seconds)
     routes: dict[str, Any] = {}
     chat = ChatCompletions(
-        routes, auth, max_body_bytes=settings.max_body_bytes, keepalive=settings.keepalive_seconds
+        routes,
+        auth,
+        drain=drain,
+        max_body_bytes=settings.max_body_bytes,
+        keepalive=settings.keepalive_seconds,
     )
 
     @asynccontextmanager
@@ -55,19 +62,26 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             app.state.http_client = client
             upstreams, built = build_routes(settings, client)
             routes.update(built)
+            drain.install_signal_hooks()
             app.state.ready = True
             try:
                 yield
             finally:
                 app.state.ready = False
+                drain.remove_signal_hooks()
                 routes.clear()
                 for upstream in upstreams:
                     await upstream.aclose()
 
-    middleware = [Middleware(RequestID)]
+    middleware = [
+        # Outermost: the client address and scheme a trusted gateway forwarded, for the rest.
+        Middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies),
+        Middleware(RequestID),
+    ]
+    if settings.root_path:
+        middleware.append(Middleware(RootPath, prefix=settings.root_path))
     if settings.cors_origins:
-        middleware.insert(
-            0,
+        middleware.append(
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
@@ -85,6 +99,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         redoc_url=None,
     )
     app.state.ready = False
+    app.state.drain = drain
     app.router.routes.append(StarletteRoute("/v1/chat/completions", chat))
     # openai-python's base_url may or may not end in /v1; both spellings are common.
     app.router.routes.append(StarletteRoute("/chat/completions", chat))
@@ -109,7 +124,7 @@ def _add_small_routes(app: FastAPI, settings: Settings, auth: Authenticator) -> 
 
     @app.get("/readyz")
     async def readyz(request: Request) -> Response:
-        if request.app.state.ready:
+        if request.app.state.ready and not request.app.state.drain.draining:
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "not ready"}, status_code=503)
 

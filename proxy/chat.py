@@ -24,8 +24,15 @@ from proxy.chunks import (
     completion_to_chunks,
     normalize_completion,
 )
-from proxy.errors import MethodNotAllowed, ModelNotFound, ProxyError, UpstreamError
+from proxy.errors import (
+    MethodNotAllowed,
+    ModelNotFound,
+    ProxyError,
+    ServiceUnavailable,
+    UpstreamError,
+)
 from proxy.request import parse_json, read_body, validate_chat
+from proxy.shutdown import Drain
 from proxy.sse import DONE, encode_event
 from proxy.upstreams.base import ChatRequest, Reply, Route
 from proxy.watchdog import Watchdog
@@ -41,11 +48,13 @@ class ChatCompletions:
         routes: Mapping[str, Route],
         auth: Authenticator,
         *,
+        drain: Drain,
         max_body_bytes: int,
         keepalive: float,
     ) -> None:
         self.routes = routes
         self.auth = auth
+        self.drain = drain
         self.max_body_bytes = max_body_bytes
         self.keepalive = keepalive
 
@@ -60,6 +69,7 @@ class ChatCompletions:
     async def _accept(self, scope: Scope, receive: Receive) -> tuple[ChatRequest, Route]:
         if scope["method"] != "POST":
             raise MethodNotAllowed(f"Method {scope['method']} is not allowed; use POST.")
+        self.drain.refuse_if_draining()
         self.auth.check(scope)  # before reading the body: a refused client costs nothing
         length = header(scope, b"content-length")
         body = await read_body(
@@ -90,6 +100,7 @@ class ChatCompletions:
     ) -> None:
         watchdog = Watchdog(receive, send, self.keepalive)
         watchdog.start()
+        self.drain.track(watchdog)
         reply: Reply | None = None
         try:
             reply = await route.upstream.open(request, route)
@@ -101,11 +112,15 @@ class ChatCompletions:
             log.info("request %s failed: %s %s", request.request_id, exc.status, exc.code)
             await send_error(send, exc)
         except asyncio.CancelledError:
-            if not watchdog.disconnected:
+            if watchdog.reason is None:
                 raise
             _uncancel()
-            log.info("request %s: client disconnected, upstream closed", request.request_id)
+            if watchdog.reason == "shutdown":  # before any response: a plain 503
+                await send_error(send, _SHUTTING_DOWN)
+            else:
+                log.info("request %s: client disconnected, upstream closed", request.request_id)
         finally:
+            self.drain.untrack(watchdog)
             watchdog.stop()
             if reply is not None:
                 await reply.aclose()
@@ -133,6 +148,11 @@ class ChatCompletions:
         except ProxyError as exc:  # after the headers: an error event, and no [DONE]
             log.info("request %s: stream failed: %s", request.request_id, exc.code)
             tail = encode_event(exc.to_dict())
+        except asyncio.CancelledError:
+            if watchdog.reason != "shutdown":
+                raise
+            _uncancel()
+            tail = encode_event(_SHUTTING_DOWN.to_dict())
         watchdog.stop_keepalive()
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
@@ -164,6 +184,11 @@ def _chunks_of(reply: Reply, public_model: str) -> AsyncIterator[Any]:
 async def _iterate(chunks: list[Chunk]) -> AsyncIterator[Chunk]:
     for chunk in chunks:
         yield chunk
+
+
+_SHUTTING_DOWN = ServiceUnavailable(
+    "The proxy is shutting down and ended this stream before it was complete; retry the request."
+)
 
 
 def _uncancel() -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import FrameType
 
 from proxy.settings import ENV_PREFIX, ConfigError, Settings, load_settings
 
@@ -67,12 +69,17 @@ def serve(settings: Settings) -> None:
         file=sys.stderr,
         flush=True,
     )
+    # uvicorn re-raises the signal it shut down on, once done: end quietly rather than die of it.
+    signal.signal(signal.SIGTERM, _exit(0))
+    signal.signal(signal.SIGINT, _exit(130))
     common = {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
         "access_log": False,  # one line per request comes from the proxy itself
-        "timeout_graceful_shutdown": None,
+        "proxy_headers": False,  # the app applies X-Forwarded-* from trusted_proxies itself
+        # The app ends its own streams after the grace period (proxy.shutdown); this is a backstop.
+        "timeout_graceful_shutdown": settings.shutdown_grace_seconds + 5,
     }
     if settings.workers == 1:
         from proxy.app import create_app
@@ -80,7 +87,12 @@ def serve(settings: Settings) -> None:
         uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
         return
     # Each worker process builds its own app from the environment: pass the flags on.
-    for key, value in (("config", settings.config), ("log_level", settings.log_level)):
+    for key, value in (
+        ("config", settings.config),
+        ("log_level", settings.log_level),
+        ("host", settings.host),
+        ("port", settings.port),
+    ):
         if value is not None:
             os.environ[ENV_PREFIX + key.upper()] = str(value)
     uvicorn.run(
@@ -89,3 +101,10 @@ def serve(settings: Settings) -> None:
         workers=settings.workers,
         **common,  # type: ignore[arg-type]
     )
+
+
+def _exit(code: int) -> Callable[[int, FrameType | None], None]:
+    def handler(sig: int, frame: FrameType | None) -> None:
+        raise SystemExit(code)
+
+    return handler

@@ -118,9 +118,19 @@ class Settings(BaseSettings):
     cors_origins: list[str] = []
     keepalive_seconds: float = Field(15.0, gt=0)
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    # Peers whose X-Forwarded-For/-Proto are believed: addresses, CIDRs, or "*".
+    trusted_proxies: list[str] = ["127.0.0.1", "::1"]
+    root_path: str = ""  # served under this prefix too, e.g. "/llm" behind a gateway
     pool: Pool = Pool()
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=_default_upstreams)
     models: dict[str, ModelRoute] = Field(default_factory=_default_models)
+
+    @model_validator(mode="after")
+    def _check_root_path(self) -> Settings:
+        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
+            raise ValueError(f"root_path: must start and not end with '/', got {self.root_path!r}")
+        return self
 
     @model_validator(mode="after")
     def _check_routes(self) -> Settings:

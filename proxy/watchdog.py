@@ -3,7 +3,8 @@
 While the proxy waits on its upstream it is not reading from the client, so it would only
 learn of a disconnect when a write fails, possibly minutes later, while a paid upstream keeps
 generating. The watchdog keeps one ``receive()`` pending; ``http.disconnect`` cancels the task
-serving the request, whose ``finally`` closes the upstream response at once.
+serving the request, whose ``finally`` closes the upstream response at once. A shutdown whose
+grace period is over ends requests the same way (``abort("shutdown")``).
 
 Keepalive: once the SSE headers are out, a timer sends ``: ping`` whenever nothing was written
 to the client for ``keepalive`` seconds (gateways cut idle connections, often at 60 s). The hot
@@ -33,9 +34,9 @@ class Watchdog:
         "_send",
         "_task",
         "_timer",
-        "disconnected",
         "last_write",
         "pings",
+        "reason",
     )
 
     def __init__(self, receive: Receive, send: Send, keepalive: float) -> None:
@@ -47,7 +48,7 @@ class Watchdog:
         self._receiver: asyncio.Future[Message] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._ping: asyncio.Task[None] | None = None
-        self.disconnected = False
+        self.reason: str | None = None  # why the watchdog cancelled the request, if it did
         self.last_write = 0.0
         self.pings = 0
 
@@ -61,12 +62,16 @@ class Watchdog:
         if future.cancelled() or future.exception() is not None:
             return
         if future.result().get("type") == "http.disconnect":
-            self.disconnected = True
-            if self._task is not None:
-                self._task.cancel()
+            self.abort("disconnect")
         else:  # a stray body message: keep listening
             self._receiver = asyncio.ensure_future(self._receive())
             self._receiver.add_done_callback(self._on_message)
+
+    def abort(self, reason: str) -> None:
+        """Cancel the serving task, recording why ("disconnect", "shutdown")."""
+        if self._task is not None and self.reason is None:
+            self.reason = reason
+            self._task.cancel()
 
     def start_keepalive(self) -> None:
         """Call once the response headers are sent: pings begin after ``keepalive`` of silence."""

@@ -28,8 +28,18 @@ def echo_settings(**overrides: Any) -> Settings:
 @contextmanager
 def run_server(app: ASGIApp, **config: Any) -> Iterator[str]:
     """Serve ``app`` with a real uvicorn on an ephemeral port; yields the base URL."""
+    with serving(app, **config) as (url, _):
+        yield url
+
+
+@contextmanager
+def serving(app: ASGIApp, **config: Any) -> Iterator[tuple[str, uvicorn.Server]]:
+    """Like ``run_server``, also yielding the uvicorn server (its loop runs the app)."""
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", **config)
+        # proxy_headers off as in `chat-stream-proxy serve`: the app applies trusted_proxies.
+        uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", proxy_headers=False, **config
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -40,7 +50,7 @@ def run_server(app: ASGIApp, **config: Any) -> Iterator[str]:
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", server
     finally:
         server.should_exit = True
         thread.join(10)
@@ -85,3 +95,27 @@ def assert_true_streaming(times: list[float], started: float, delay: float) -> N
     gaps = sorted(b - a for a, b in itertools.pairwise(times))
     median = gaps[len(gaps) // 2]
     assert 0.5 * delay <= median <= 2 * delay, f"median gap {median:.3f}s, expected ~{delay}s"
+
+
+class StripHeader:
+    """Removes one response header: e.g. X-Accel-Buffering, to show what nginx does without it."""
+
+    def __init__(self, app: ASGIApp, name: bytes) -> None:
+        self.app = app
+        self.name = name
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def strip(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [(k, v) for k, v in message["headers"] if k != self.name]
+            await send(message)
+
+        await self.app(scope, receive, strip)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,229 @@
+"""Behind a gateway: real nginx in front of the proxy (the shipped example and a default-style
+config), trusted X-Forwarded-*, a path prefix, and request ids."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import requests
+
+from proxy import create_app
+from proxy.asgi import ASGIApp
+from tests.conftest import DELAY
+from tests.helpers import (
+    StripHeader,
+    assert_true_streaming,
+    echo_settings,
+    free_port,
+    run_server,
+)
+from tests.test_streaming import BODY, TEXT, content_of
+
+ROOT = Path(__file__).resolve().parent.parent
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+# What a first-time user writes: nginx defaults, i.e. buffering on and HTTP/1.0 upstream.
+DEFAULT_STYLE = """
+server {
+    listen 8080;
+    location / {
+        proxy_pass http://127.0.0.1:8000;
+    }
+}
+"""
+
+
+def need_nginx() -> str:
+    if NGINX is None:
+        if os.environ.get("CI"):
+            pytest.fail("nginx is not installed: .ci/run must install it")
+        pytest.skip("nginx is not installed (apt-get install -y nginx)")
+    return NGINX
+
+
+@contextmanager
+def nginx_in_front(site: str, proxy_url: str, tmp: Path) -> Iterator[str]:
+    """Run nginx with ``site`` (an http-context config for port 8080 -> 127.0.0.1:8000),
+    rewritten to a free port in front of ``proxy_url``; yields nginx's URL."""
+    binary = need_nginx()
+    port = free_port()
+    site = site.replace("127.0.0.1:8000", proxy_url.removeprefix("http://"))
+    site = site.replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    (tmp / "site.conf").write_text(site)
+    user = "user root;" if os.geteuid() == 0 else ""
+    (tmp / "nginx.conf").write_text(
+        f"""
+{user}
+daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    include {tmp}/site.conf;
+}}
+"""
+    )
+    stderr = tmp / "stderr.log"
+    with stderr.open("wb") as err:
+        process = subprocess.Popen(
+            [binary, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"nginx did not start: {stderr.read_text()}") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+# A common production addition: compress event streams too. nginx's gzip holds a response
+# back until the end unless buffering is off for it, which the proxy's X-Accel-Buffering does.
+GZIP_ON = DEFAULT_STYLE.replace(
+    "proxy_pass", "gzip on; gzip_types text/event-stream; gzip_min_length 1;\n        proxy_pass"
+)
+
+CONFIGS = {
+    "example": (ROOT / "config" / "nginx.conf").read_text(),
+    "default-style": DEFAULT_STYLE,
+    "gzip-on": GZIP_ON,
+}
+
+
+def echo_app() -> ASGIApp:
+    return create_app(echo_settings(echo={"delay_ms": DELAY * 1000}))
+
+
+def openai_times(url: str) -> tuple[float, list[float]]:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    started = time.monotonic()
+    times = [
+        time.monotonic()
+        for chunk in client.chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": TEXT}], stream=True
+        )
+        if chunk.choices and chunk.choices[0].delta.content
+    ]
+    return started, times
+
+
+def requests_times(url: str) -> tuple[float, list[float]]:
+    started = time.monotonic()
+    with requests.post(f"{url}/v1/chat/completions", json=BODY, stream=True, timeout=30) as r:
+        times = [time.monotonic() for line in r.iter_lines() if content_of(line)]
+    return started, times
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("client", ["openai", "requests"])
+def test_true_streaming_through_nginx(config: str, client: str, tmp_path: Path) -> None:
+    with run_server(echo_app()) as proxy, nginx_in_front(CONFIGS[config], proxy, tmp_path) as url:
+        started, times = (openai_times if client == "openai" else requests_times)(url)
+    assert len(times) == 10
+    first, duration = times[0] - started, times[-1] - started
+    print(
+        f"\nnginx {config}, {client}: first chunk {first * 1000:.0f} ms of {duration * 1000:.0f} ms"
+    )
+    assert_true_streaming(times, started, DELAY)
+
+
+def test_negative_control_gzip_nginx_buffers_without_our_header(tmp_path: Path) -> None:
+    # The gzip-on nginx with X-Accel-Buffering: no stripped from our response: nginx holds the
+    # whole stream back, and the streaming assertion catches it.
+    app = StripHeader(echo_app(), b"x-accel-buffering")
+    with run_server(app) as proxy, nginx_in_front(GZIP_ON, proxy, tmp_path) as url:
+        started, times = requests_times(url)
+    assert len(times) == 10
+    with pytest.raises(AssertionError, match="buffered"):
+        assert_true_streaming(times, started, DELAY)
+
+
+def test_request_id_through_nginx(tmp_path: Path) -> None:
+    with (
+        run_server(echo_app()) as proxy,
+        nginx_in_front(CONFIGS["example"], proxy, tmp_path) as url,
+    ):
+        response = httpx.get(f"{url}/v1/models")
+    assert len(response.headers["x-request-id"]) == 32  # nginx's $request_id, passed back
+
+
+# --- X-Forwarded-*, root_path, request ids (no nginx needed) ---------------------------------
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "proxy.access"]
+
+
+@pytest.mark.parametrize(
+    ("trusted", "expected"),
+    [(["127.0.0.1"], "203.0.113.7"), (["10.9.9.9"], "127.0.0.1"), (["*"], "203.0.113.7")],
+)
+def test_forwarded_for_only_from_trusted(
+    trusted: list[str], expected: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "proxy.access")
+    with run_server(create_app(echo_settings(trusted_proxies=trusted))) as url:
+        httpx.get(
+            f"{url}/healthz",
+            headers={"X-Forwarded-For": "203.0.113.7", "X-Request-ID": "fwd-1"},
+        )
+    line = next(line for line in access_lines(caplog) if line.startswith("fwd-1 "))
+    assert line.split()[1] == expected
+
+
+def test_root_path_prefix(caplog: pytest.LogCaptureFixture) -> None:
+    with run_server(create_app(echo_settings(root_path="/llm"))) as url:
+        client = openai.OpenAI(base_url=f"{url}/llm/v1", api_key="x", max_retries=0)
+        chunks = list(
+            client.chat.completions.create(
+                model="echo", messages=[{"role": "user", "content": "a b"}], stream=True
+            )
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == "a b"
+        assert [m.id for m in client.models.list().data] == ["echo"]
+        # A gateway that strips the prefix itself works too.
+        assert (
+            httpx.post(f"{url}/v1/chat/completions", json={**BODY, "stream": False}).status_code
+            == 200
+        )
+        assert httpx.get(f"{url}/llm/healthz").status_code == 200
+
+
+def test_request_id_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "proxy.access")
+    with run_server(create_app(echo_settings())) as url:
+        response = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={**BODY, "stream": True},
+            headers={"X-Request-ID": "trace-77"},
+        )
+    assert response.headers["x-request-id"] == "trace-77"
+    line = next(line for line in access_lines(caplog) if line.startswith("trace-77 "))
+    assert " POST /v1/chat/completions 200 " in line
