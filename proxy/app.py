@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
@@ -28,6 +29,7 @@ from proxy.errors import (
 from proxy.middleware import RequestID, RootPath
 from proxy.settings import Settings
 from proxy.shutdown import Drain
+from proxy.transport import build_transport
 from proxy.upstreams import build_routes
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,13 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             max_keepalive_connections=settings.pool.max_keepalive,
             keepalive_expiry=settings.pool.keepalive_expiry,
         )
-        async with httpx.AsyncClient(limits=limits, transport=transport) as client:
+        # One client shared by all users: it must keep no upstream cookies between requests.
+        jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+        async with httpx.AsyncClient(
+            transport=transport or build_transport(settings.pool.transport, limits),
+            cookies=jar,
+            trust_env=settings.pool.transport == "httpx",
+        ) as client:
             app.state.http_client = client
             upstreams, built = build_routes(settings, client)
             routes.update(built)

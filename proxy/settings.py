@@ -89,6 +89,9 @@ class Pool(_Strict):
     max_connections: int = Field(1000, ge=1)
     max_keepalive: int = Field(100, ge=0)
     keepalive_expiry: float = Field(30.0, ge=0)
+    # "fast": the proxy's own HTTP/1.1 transport; "httpx": httpx's default (HTTP proxies
+    # from the environment, slower).
+    transport: Literal["fast", "httpx"] = "fast"
 
 
 def _default_upstreams() -> dict[str, EchoUpstream | HTTPUpstream]:

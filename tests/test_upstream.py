@@ -45,10 +45,22 @@ DONE = b"data: [DONE]\n\n"
 GOOD = [ROLE, chunk("Hel"), chunk("lo"), chunk(finish="stop"), DONE]
 
 
+TRANSPORT = {"kind": "fast"}
+
+
+@pytest.fixture(autouse=True, params=["fast", "httpx"])
+def transport_kind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test here runs over the proxy's own transport and over httpx's default one."""
+    TRANSPORT["kind"] = request.param
+    yield
+    TRANSPORT["kind"] = "fast"
+
+
 def settings(base_url: str, **overrides: Any) -> Settings:
     upstream = {"type": "openai", "base_url": base_url, "api_key": KEY, **overrides.pop("up", {})}
     model = {"upstream": "up", "model": "upstream-model", **overrides.pop("route", {})}
-    return Settings(upstreams={"up": upstream}, models={"m": model}, **overrides)
+    pool = {"transport": TRANSPORT["kind"]}
+    return Settings(upstreams={"up": upstream}, models={"m": model}, pool=pool, **overrides)
 
 
 @contextmanager
