@@ -188,10 +188,17 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run: seconds, not minutes")
     parser.add_argument("--big", type=int, default=10_000, help="concurrent streams in the big run")
+    parser.add_argument(
+        "--transport",
+        choices=["fast", "httpx", "aiohttp"],
+        default="fast",
+        help="the proxy's upstream transport (aiohttp: needs httpx-aiohttp, bench only)",
+    )
+    parser.add_argument("--core", action="store_true", help="only the c=16 rates and CPU costs")
     args = parser.parse_args()
     quick = args.quick
     seconds = 0.3 if quick else 3.0
-    levels = [1, 16] if quick else [1, 16, 64, 256]
+    levels = [1, 16] if quick else [16] if args.core else [1, 16, 64, 256]
     use_wrk = shutil.which("wrk") is not None
     up_port, proxy_port = free_port(), free_port()
     direct, proxied = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{proxy_port}"
@@ -200,7 +207,8 @@ def main() -> int:
         config = Path(tmp) / "bench.yaml"
         config.write_text(
             "keepalive_seconds: 15\n"
-            "pool: {max_connections: 20000, max_keepalive: 1000}\n"
+            "pool: {max_connections: 20000, max_keepalive: 1000, "
+            f"transport: {'httpx' if args.transport == 'httpx' else 'fast'}}}\n"
             f"upstreams: {{up: {{type: openai, base_url: 'http://127.0.0.1:{up_port}/v1'}}}}\n"
             "models: {bench: {upstream: up}}\n"
         )
@@ -279,6 +287,13 @@ def main() -> int:
                     per_long = (stats.cpu() - before) / max(1, long["ok"])
                     cpu_chunk = (per_long - cpu / p["ok"]) / 80
 
+            cpu_note = f"{cpu_request * 1e6:.0f} us"
+            table.note("proxy CPU per request (non-stream c=16)", cpu_note)
+            table.note("proxy CPU per forwarded chunk (stream c=16)", f"{cpu_chunk * 1e6:.1f} us")
+            if args.core:
+                print(f"upstream transport: {args.transport}")
+                print(table.render())
+                return 0
             slow = {"mode": "stream", "users": 8, "seconds": 1 if quick else 5, "interval_ms": 50}
             d, p = load(direct, **slow), load(proxied, **slow)
             table.add(
@@ -309,9 +324,6 @@ def main() -> int:
                 "ms",
                 "added",
             )
-
-            table.note("proxy CPU per request (non-stream c=16)", f"{cpu_request * 1e6:.0f} us")
-            table.note("proxy CPU per forwarded chunk (stream c=16)", f"{cpu_chunk * 1e6:.1f} us")
 
             for users, chunks, interval in (
                 ((50, 3, 200), (200, 3, 500)) if quick else ((1000, 20, 1000), (args.big, 10, 1000))

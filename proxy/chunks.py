@@ -10,8 +10,8 @@ model validation, because the hot path must cost microseconds.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from typing import Any
 
 from proxy.errors import UpstreamError
@@ -20,7 +20,7 @@ Chunk = dict[str, Any]
 
 
 def new_completion_id() -> str:
-    return "chatcmpl-" + uuid.uuid4().hex
+    return "chatcmpl-" + os.urandom(16).hex()
 
 
 def upstream_error_message(payload: Any) -> str | None:

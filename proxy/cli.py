@@ -69,6 +69,7 @@ def serve(settings: Settings) -> None:
         file=sys.stderr,
         flush=True,
     )
+    _raise_file_limit()
     # uvicorn re-raises the signal it shut down on, once done: end quietly rather than die of it.
     signal.signal(signal.SIGTERM, _exit(0))
     signal.signal(signal.SIGINT, _exit(130))
@@ -78,6 +79,7 @@ def serve(settings: Settings) -> None:
         "log_level": settings.log_level,
         "access_log": False,  # one line per request comes from the proxy itself
         "proxy_headers": False,  # the app applies X-Forwarded-* from trusted_proxies itself
+        "backlog": 4096,  # bursts of new streams: uvicorn's 2048 drops connections sooner
         # The app ends its own streams after the grace period (proxy.shutdown); this is a backstop.
         "timeout_graceful_shutdown": settings.shutdown_grace_seconds + 5,
     }
@@ -108,3 +110,12 @@ def _exit(code: int) -> Callable[[int, FrameType | None], None]:
         raise SystemExit(code)
 
     return handler
+
+
+def _raise_file_limit() -> None:
+    """Each stream holds two sockets (client and upstream): allow as many as the system does."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

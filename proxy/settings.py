@@ -7,6 +7,7 @@ serves the built-in echo model, so ``python -m proxy`` works on a fresh machine.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -128,6 +129,18 @@ class Settings(BaseSettings):
     pool: Pool = Pool()
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=_default_upstreams)
     models: dict[str, ModelRoute] = Field(default_factory=_default_models)
+
+    @model_validator(mode="after")
+    def _check_trusted_proxies(self) -> Settings:
+        for entry in self.trusted_proxies:
+            if entry != "*":
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"trusted_proxies: {entry!r} is not an address, a CIDR or '*'"
+                    ) from None
+        return self
 
     @model_validator(mode="after")
     def _check_root_path(self) -> Settings:

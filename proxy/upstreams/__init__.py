@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-import httpx
-
 from proxy.settings import EchoUpstream, HTTPUpstream, Settings
 from proxy.upstreams.base import ChatRequest, Reply, Route, Upstream
 from proxy.upstreams.echo import EchoModel
-from proxy.upstreams.openai import OpenAICompatible
+from proxy.upstreams.openai import OpenAICompatible, Send
 
 __all__ = ["ChatRequest", "Reply", "Route", "Upstream", "build_routes"]
 
 
-def build_upstream(
-    name: str, config: EchoUpstream | HTTPUpstream, client: httpx.AsyncClient
-) -> Upstream:
+def build_upstream(name: str, config: EchoUpstream | HTTPUpstream, send: Send) -> Upstream:
     if isinstance(config, EchoUpstream):
         return EchoModel(config)
-    return OpenAICompatible(name, config, client)
+    return OpenAICompatible(name, config, send)
 
 
-def build_routes(
-    settings: Settings, client: httpx.AsyncClient
-) -> tuple[list[Upstream], dict[str, Route]]:
-    """One upstream object per configured upstream, and the public model routes onto them."""
-    upstreams = {
-        name: build_upstream(name, cfg, client) for name, cfg in settings.upstreams.items()
-    }
+def build_routes(settings: Settings, send: Send) -> tuple[list[Upstream], dict[str, Route]]:
+    """One upstream object per configured upstream, and the public model routes onto them.
+
+    ``send`` sends one request upstream and returns the streaming response (proxy.app).
+    """
+    upstreams = {name: build_upstream(name, cfg, send) for name, cfg in settings.upstreams.items()}
     routes = {
         public: Route(
             public_model=public,

@@ -16,7 +16,7 @@ first body read (test ``test_idle_timeout_differs_from_first_byte`` pins this do
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,16 +30,17 @@ from proxy.sse import Event, SSEDecoder
 from proxy.upstreams.base import ChatRequest, Reply, Route
 
 MAX_ERROR_BODY = 64 * 1024  # bytes of an upstream error body worth reading
+Send = Callable[[httpx.Request], Awaitable[httpx.Response]]
 _SECRET = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+[A-Za-z0-9._\-]{6,})")
 
 
 class OpenAICompatible:
     """An ``Upstream`` speaking OpenAI's chat completions API over HTTP."""
 
-    def __init__(self, name: str, config: HTTPUpstream, client: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, config: HTTPUpstream, send: Send) -> None:
         self.name = name
-        self.client = client
-        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        self.send = send  # the shared client's, see proxy.app
+        self.url = httpx.URL(config.base_url.rstrip("/") + "/chat/completions")  # parsed once
         self.key = config.resolve_key()
         self.timeouts = config.timeouts
         self.qwen = config.type == "qwen"
@@ -51,24 +52,28 @@ class OpenAICompatible:
         }
         if self.key:
             headers["authorization"] = f"Bearer {self.key}"
-        self.headers = headers
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
 
     async def open(self, request: ChatRequest, route: Route) -> Reply:
         body = self._body(request, route)
-        timeout = httpx.Timeout(
-            connect=self.timeouts.connect,
-            read=self.timeouts.first_byte,
-            write=self.timeouts.write,
-            pool=self.timeouts.connect,
-        )
+        timeout = {
+            "connect": self.timeouts.connect,
+            "read": self.timeouts.first_byte,
+            "write": self.timeouts.write,
+            "pool": self.timeouts.connect,
+        }
         headers = self.headers
         if request.request_id:
-            headers = {**headers, "x-request-id": request.request_id}
-        outgoing = self.client.build_request(
-            "POST", self.url, content=orjson.dumps(body), headers=headers, timeout=timeout
+            headers = [*headers, (b"x-request-id", request.request_id.encode())]
+        outgoing = httpx.Request(
+            "POST",
+            self.url,
+            headers=headers,
+            content=orjson.dumps(body),
+            extensions={"timeout": timeout},
         )
         with self._errors("first_byte"):
-            response = await self.client.send(outgoing, stream=True)
+            response = await self.send(outgoing)
         outgoing.extensions["timeout"]["read"] = self.timeouts.idle  # see the module docstring
         try:
             return await self._reply(response)
