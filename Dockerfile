@@ -21,7 +21,8 @@ RUN pip install --no-deps . \
 
 # The default config serves the echo model; mount your own over it, or set PROXY_CONFIG.
 COPY config/proxy.yaml /etc/chat-stream-proxy/proxy.yaml
-ENV PROXY_CONFIG=/etc/chat-stream-proxy/proxy.yaml
+ENV PROXY_CONFIG=/etc/chat-stream-proxy/proxy.yaml \
+    PROXY_LOG_FORMAT=json
 
 USER 10001
 EXPOSE 8000

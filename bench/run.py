@@ -195,6 +195,7 @@ def main() -> int:
         help="the proxy's upstream transport (aiohttp: needs httpx-aiohttp, bench only)",
     )
     parser.add_argument("--core", action="store_true", help="only the c=16 rates and CPU costs")
+    parser.add_argument("--no-metrics", action="store_true", help="the proxy with metrics: false")
     args = parser.parse_args()
     quick = args.quick
     seconds = 0.3 if quick else 3.0
@@ -207,6 +208,7 @@ def main() -> int:
         config = Path(tmp) / "bench.yaml"
         config.write_text(
             "keepalive_seconds: 15\n"
+            f"metrics: {'false' if args.no_metrics else 'true'}\n"
             "pool: {max_connections: 20000, max_keepalive: 1000, "
             f"transport: {'httpx' if args.transport == 'httpx' else 'fast'}}}\n"
             f"upstreams: {{up: {{type: openai, base_url: 'http://127.0.0.1:{up_port}/v1'}}}}\n"
@@ -291,7 +293,7 @@ def main() -> int:
             table.note("proxy CPU per request (non-stream c=16)", cpu_note)
             table.note("proxy CPU per forwarded chunk (stream c=16)", f"{cpu_chunk * 1e6:.1f} us")
             if args.core:
-                print(f"upstream transport: {args.transport}")
+                print(f"upstream transport: {args.transport}, metrics: {not args.no_metrics}")
                 print(table.render())
                 return 0
             slow = {"mode": "stream", "users": 8, "seconds": 1 if quick else 5, "interval_ms": 50}

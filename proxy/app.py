@@ -24,7 +24,8 @@ from proxy.errors import (
     NotFound,
     ProxyError,
 )
-from proxy.middleware import FastPath, RequestID, RootPath, TrustedProxies
+from proxy.metrics import Metrics
+from proxy.middleware import AccessLog, FastPath, RootPath, TrustedProxies
 from proxy.settings import Settings
 from proxy.shutdown import Drain
 from proxy.transport import build_transport
@@ -42,13 +43,16 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     """
     auth = Authenticator(settings.api_keys)
     drain = Drain(settings.shutdown_grace_seconds)
+    metrics = Metrics() if settings.metrics else None
     routes: dict[str, Any] = {}
     chat = ChatCompletions(
         routes,
         auth,
         drain=drain,
+        metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         keepalive=settings.keepalive_seconds,
+        log_bodies=settings.log_bodies,
     )
 
     @asynccontextmanager
@@ -81,7 +85,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     middleware = [
         # Outermost: the client address and scheme a trusted gateway forwarded, for the rest.
         Middleware(TrustedProxies, trusted=settings.trusted_proxies),
-        Middleware(RequestID),
+        Middleware(AccessLog, metrics=metrics),
     ]
     if settings.root_path:
         middleware.append(Middleware(RootPath, prefix=settings.root_path))
@@ -109,6 +113,13 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     app.state.ready = False
     app.state.drain = drain
     _add_small_routes(app, settings, auth)
+    if metrics is not None:
+
+        @app.get("/metrics")
+        async def metrics_endpoint() -> Response:
+            body, content_type = metrics.render()
+            return Response(body, media_type=content_type)
+
     _add_error_handlers(app)
     return app
 

@@ -18,6 +18,10 @@ class Authenticator:
     def enabled(self) -> bool:
         return bool(self._keys)
 
+    def secrets(self) -> list[str]:
+        """The client keys, for redaction."""
+        return [key.decode() for key in self._keys]
+
     def check(self, scope: Scope) -> None:
         if not self._keys:
             return

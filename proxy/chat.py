@@ -22,6 +22,7 @@ from proxy.chunks import (
     Chunk,
     StreamNormalizer,
     completion_to_chunks,
+    estimate_usage,
     normalize_completion,
 )
 from proxy.errors import (
@@ -29,8 +30,9 @@ from proxy.errors import (
     ModelNotFound,
     ProxyError,
     ServiceUnavailable,
-    UpstreamError,
 )
+from proxy.metrics import Access, GapCounter, Metrics, error_kind
+from proxy.redact import redact
 from proxy.request import parse_json, read_body, validate_chat
 from proxy.shutdown import Drain
 from proxy.sse import DONE, encode_event
@@ -38,6 +40,7 @@ from proxy.upstreams.base import ChatRequest, Reply, Route
 from proxy.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
+body_log = logging.getLogger("proxy.bodies")
 
 
 class ChatCompletions:
@@ -49,22 +52,33 @@ class ChatCompletions:
         auth: Authenticator,
         *,
         drain: Drain,
+        metrics: Metrics | None,
         max_body_bytes: int,
         keepalive: float,
+        log_bodies: bool = False,
     ) -> None:
         self.routes = routes
         self.auth = auth
         self.drain = drain
+        self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.keepalive = keepalive
+        self.log_bodies = log_bodies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        access: Access = scope["state"]["access"]  # made by the AccessLog middleware
         try:
             request, route = await self._accept(scope, receive)
         except ProxyError as exc:
+            access.outcome = "rejected"
             await send_error(send, exc)
             return
-        await self._serve(request, route, receive, send)
+        access.model, access.upstream, access.stream = (
+            request.model,
+            route.upstream_name,
+            request.stream,
+        )
+        await self._serve(request, route, receive, send, access)
 
     async def _accept(self, scope: Scope, receive: Receive) -> tuple[ChatRequest, Route]:
         if scope["method"] != "POST":
@@ -75,6 +89,12 @@ class ChatCompletions:
         body = await read_body(
             receive, self.max_body_bytes, int(length) if length and length.isdigit() else None
         )
+        if self.log_bodies:
+            secrets = self.auth.secrets()
+            text = redact(body.decode("utf-8", "replace"), secrets)
+            body_log.info(
+                "body", extra={"fields": {"request_id": scope["state"]["request_id"], "body": text}}
+            )
         data = parse_json(body)
         validate_chat(data)
         route = self.routes.get(data["model"])
@@ -96,7 +116,7 @@ class ChatCompletions:
         return request, route
 
     async def _serve(
-        self, request: ChatRequest, route: Route, receive: Receive, send: Send
+        self, request: ChatRequest, route: Route, receive: Receive, send: Send, access: Access
     ) -> None:
         watchdog = Watchdog(receive, send, self.keepalive)
         watchdog.start()
@@ -105,20 +125,23 @@ class ChatCompletions:
         try:
             reply = await route.upstream.open(request, route)
             if request.stream:
-                await self._stream(request, reply, send, watchdog)
+                await self._stream(request, reply, send, watchdog, access)
             else:
-                await send_json(send, 200, orjson.dumps(await self._complete(request, reply)))
+                completion = await self._complete(request, reply)
+                _count_tokens(access, completion.get("usage"))
+                await send_json(send, 200, orjson.dumps(completion))
         except ProxyError as exc:  # before anything was sent: an HTTP error
-            log.info("request %s failed: %s %s", request.request_id, exc.status, exc.code)
+            access.outcome = _outcome(exc)
             await send_error(send, exc)
         except asyncio.CancelledError:
             if watchdog.reason is None:
                 raise
             _uncancel()
             if watchdog.reason == "shutdown":  # before any response: a plain 503
+                access.outcome = "shutdown"
                 await send_error(send, _SHUTTING_DOWN)
             else:
-                log.info("request %s: client disconnected, upstream closed", request.request_id)
+                access.outcome = "client_disconnect"
         finally:
             self.drain.untrack(watchdog)
             watchdog.stop()
@@ -126,37 +149,67 @@ class ChatCompletions:
                 await reply.aclose()
 
     async def _stream(
-        self, request: ChatRequest, reply: Reply, send: Send, watchdog: Watchdog
+        self, request: ChatRequest, reply: Reply, send: Send, watchdog: Watchdog, access: Access
     ) -> None:
         chunks = _chunks_of(reply, request.model)  # may still fail as an HTTP error
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        watchdog.start_keepalive()
+        last = watchdog.start_keepalive()
         normalizer = StreamNormalizer(request.model, request.include_usage)
+        gaps = in_flight = None
+        if self.metrics is not None:
+            labels = (request.model, access.upstream or "")
+            gaps = GapCounter(self.metrics.child(self.metrics.chunk_gap, *labels))
+            in_flight = self.metrics.child(self.metrics.in_flight, *labels)
+            in_flight.inc()
+        count = 0
         try:
             async for chunk in chunks:
                 out = normalizer.normalize(chunk)
                 if out is not None:
                     event = b"data: " + orjson.dumps(out) + b"\n\n"  # sse.encode_event, inlined
                     await send({"type": "http.response.body", "body": event, "more_body": True})
-                    watchdog.wrote()
-            if not normalizer.finished:
-                raise UpstreamError(
-                    "The upstream ended the stream before the answer was complete.",
-                    code="upstream_truncated",
-                )
+                    now = watchdog.wrote()
+                    if count and gaps is not None:
+                        gaps.add(now - last)
+                    last = now
+                    count += 1
+                    if access.ttft is None and _has_content(out):
+                        access.ttft = now - access.started
+            normalizer.check_complete()
             tail = DONE
+            if request.include_usage and normalizer.usage is None:
+                tail = encode_event(normalizer.usage_chunk(request.body["messages"])) + DONE
+            _count_tokens(access, normalizer.usage)
         except ProxyError as exc:  # after the headers: an error event, and no [DONE]
-            log.info("request %s: stream failed: %s", request.request_id, exc.code)
+            access.outcome = _outcome(exc)
             tail = encode_event(exc.to_dict())
         except asyncio.CancelledError:
             if watchdog.reason != "shutdown":
                 raise
             _uncancel()
+            access.outcome = "shutdown"
             tail = encode_event(_SHUTTING_DOWN.to_dict())
+        finally:
+            access.chunks = count
+            if gaps is not None and in_flight is not None:
+                gaps.flush()
+                in_flight.dec()
         watchdog.stop_keepalive()
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     async def _complete(self, request: ChatRequest, reply: Reply) -> Chunk:
+        completion = await self._completion(request, reply)
+        if not completion.get("usage"):  # as for streams: an estimate, marked as one
+            texts = [
+                choice["message"]["content"]
+                for choice in completion["choices"]
+                if isinstance(choice.get("message"), dict)
+                and isinstance(choice["message"].get("content"), str)
+            ]
+            completion["usage"] = estimate_usage(request.body["messages"], texts)
+        return completion
+
+    async def _completion(self, request: ChatRequest, reply: Reply) -> Chunk:
         if reply.completion is not None:
             return normalize_completion(reply.completion, request.model)
         normalizer = StreamNormalizer(request.model, include_usage=True)
@@ -165,11 +218,7 @@ class ChatCompletions:
             out = normalizer.normalize(chunk)
             if out is not None:
                 aggregator.add(out)
-        if not normalizer.finished:
-            raise UpstreamError(
-                "The upstream ended the stream before the answer was complete.",
-                code="upstream_truncated",
-            )
+        normalizer.check_complete()
         return aggregator.result()
 
 
@@ -184,6 +233,28 @@ def _chunks_of(reply: Reply, public_model: str) -> AsyncIterator[Any]:
 async def _iterate(chunks: list[Chunk]) -> AsyncIterator[Chunk]:
     for chunk in chunks:
         yield chunk
+
+
+def _has_content(chunk: Chunk) -> bool:
+    for choice in chunk["choices"]:
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"):
+            return True
+    return False
+
+
+def _outcome(error: ProxyError) -> str:
+    kind = error_kind(error)
+    if kind is not None:
+        return f"upstream_{kind}"
+    return "shutdown" if isinstance(error, ServiceUnavailable) else "error"
+
+
+def _count_tokens(access: Access, usage: Any) -> None:
+    """Tokens as the upstream reported them; an estimate is not a report."""
+    if isinstance(usage, dict) and not usage.get("estimated"):
+        access.prompt_tokens = usage.get("prompt_tokens")
+        access.completion_tokens = usage.get("completion_tokens")
 
 
 _SHUTTING_DOWN = ServiceUnavailable(

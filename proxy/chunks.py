@@ -44,7 +44,7 @@ def upstream_error_message(payload: Any) -> str | None:
 class StreamNormalizer:
     """Makes one stream's chunks exactly OpenAI-shaped. One instance per stream."""
 
-    __slots__ = ("created", "finished", "id", "include_usage", "model", "started", "usage")
+    __slots__ = ("created", "finished", "id", "include_usage", "model", "started", "texts", "usage")
 
     def __init__(self, public_model: str, include_usage: bool) -> None:
         self.model = public_model
@@ -54,6 +54,9 @@ class StreamNormalizer:
         self.started = False  # a chunk with choices was passed on (it carried the role)
         self.finished = False  # a finish_reason was seen: the answer is complete
         self.usage: dict[str, Any] | None = None
+        # The text so far, kept only to estimate usage if the client wants it and the
+        # upstream never reports it.
+        self.texts: list[str] | None = [] if include_usage else None
 
     def normalize(self, chunk: Any) -> Chunk | None:
         """The chunk to send, or None to drop it. Raises UpstreamError on an error payload."""
@@ -99,6 +102,55 @@ class StreamNormalizer:
                 choice["delta"] = {"role": "assistant", **delta}
         if choice.get("finish_reason"):
             self.finished = True
+        if self.texts is not None:
+            for key in ("content", "reasoning_content"):
+                text = delta.get(key)
+                if isinstance(text, str) and text:
+                    self.texts.append(text)
+
+    def check_complete(self) -> None:
+        """At the end of the upstream's stream: raise unless the answer was complete."""
+        if not self.finished:
+            raise UpstreamError(
+                "The upstream ended the stream before the answer was complete.",
+                code="upstream_truncated",
+            )
+
+    def usage_chunk(self, messages: list[Any]) -> Chunk:
+        """The usage chunk for a client that asked for one when the upstream sent none:
+        an estimate, marked ``"estimated": true`` (see ``estimate_usage``)."""
+        return {
+            "id": self.id or new_completion_id(),
+            "object": "chat.completion.chunk",
+            "created": self.created or int(time.time()),
+            "model": self.model,
+            "choices": [],
+            "usage": estimate_usage(messages, self.texts or []),
+        }
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough token count without a tokenizer: a CJK character is about one token, other
+    text about four characters per token (OpenAI's rule of thumb for English)."""
+    wide = sum(1 for char in text if char >= "\u2e80")
+    return wide + -(-(len(text) - wide) // 4)
+
+
+def estimate_usage(messages: list[Any], texts: list[str]) -> dict[str, Any]:
+    prompt = sum(
+        estimate_tokens(message["content"])
+        if isinstance(message.get("content"), str)
+        else estimate_tokens(str(message.get("content") or ""))
+        for message in messages
+        if isinstance(message, dict)
+    )
+    completion = estimate_tokens("".join(texts))
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "estimated": True,
+    }
 
 
 def normalize_completion(completion: Any, public_model: str) -> Chunk:

@@ -88,10 +88,12 @@ def serve(settings: Settings) -> None:
 
         uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
         return
+    _metrics_directory()
     # Each worker process builds its own app from the environment: pass the flags on.
     for key, value in (
         ("config", settings.config),
         ("log_level", settings.log_level),
+        ("log_format", settings.log_format),
         ("host", settings.host),
         ("port", settings.port),
     ):
@@ -119,3 +121,21 @@ def _raise_file_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _metrics_directory() -> None:
+    """With several workers, metrics live in files they share (prometheus multiprocess mode).
+
+    Set before any worker imports prometheus-client; emptied so no stale values from an
+    earlier run are summed in.
+    """
+    import shutil
+    import tempfile
+
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path = tempfile.mkdtemp(prefix="chat-stream-proxy-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    os.makedirs(path, exist_ok=True)

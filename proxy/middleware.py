@@ -12,21 +12,24 @@ import time
 
 from proxy.asgi import ASGIApp, Message, Receive, Scope, Send, header, send_error
 from proxy.errors import ProxyError
+from proxy.metrics import Access, Metrics
 
 _VALID_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
 access_log = logging.getLogger("proxy.access")
 
 
-class RequestID:
-    """Accepts a sane ``X-Request-ID`` or makes one; returns it on every response, and logs
-    one access line per request when it is over.
+class AccessLog:
+    """Gives every request an id and writes one access line when it is over.
 
-    The id is put in ``scope["state"]["request_id"]`` for the endpoint, its logs and the
-    upstream request.
+    Accepts a sane ``X-Request-ID`` or makes one, and returns it on every response. The
+    request's ``Access`` record is put in ``scope["state"]["access"]``; the chat endpoint fills
+    in model, upstream, time to first token, chunks, tokens and outcome, and the line (and the
+    metrics) are written from it here, so no request is logged twice or not at all.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -36,31 +39,52 @@ class RequestID:
         request_id = (
             given if given and _VALID_ID.fullmatch(given) else os.urandom(16).hex().encode()
         )
-        scope.setdefault("state", {})["request_id"] = request_id.decode()
+        client = scope.get("client")
+        access = Access(
+            request_id=request_id.decode(),
+            client=client[0] if client else "-",
+            method=scope["method"],
+            path=scope["path"],
+            started=time.perf_counter(),
+        )
+        state = scope.setdefault("state", {})
+        state["request_id"] = access.request_id
+        state["access"] = access
         pair = (b"x-request-id", request_id)
-        status = 0
-        started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), pair]
-                status = message["status"]
+                access.status = message["status"]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            client = scope.get("client")
-            access_log.info(
-                "%s %s %s %s %d %.1fms",
-                request_id.decode(),
-                client[0] if client else "-",
-                scope["method"],
-                scope["path"],
-                status,
-                (time.perf_counter() - started) * 1000,
-            )
+            duration = time.perf_counter() - access.started
+            if self.metrics is not None and access.model is not None:
+                self.metrics.finish(access, duration)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info("access", extra={"fields": _fields(access, duration)})
+
+
+def _fields(access: Access, duration: float) -> dict[str, object]:
+    return {
+        "request_id": access.request_id,
+        "client": access.client,
+        "method": access.method,
+        "path": access.path,
+        "status": access.status,
+        "model": access.model,
+        "upstream": access.upstream,
+        "stream": access.stream,
+        "ttft_ms": None if access.ttft is None else round(access.ttft * 1000, 1),
+        "duration_ms": round(duration * 1000, 1),
+        "chunks": access.chunks if access.stream else None,
+        "prompt_tokens": access.prompt_tokens,
+        "completion_tokens": access.completion_tokens,
+        "outcome": access.outcome,
+    }
 
 
 class RootPath:

@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # json: one JSON object per line; text: readable; auto: text on a terminal, else json.
+    log_format: Literal["auto", "json", "text"] = "auto"
+    log_bodies: bool = False  # debug: log request bodies (anything key-shaped redacted)
+    metrics: bool = True  # GET /metrics, Prometheus text format
 
     # The config file's keys.
     api_keys: list[Annotated[str, Field(min_length=1)]] = Field([], repr=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from proxy.asgi import Message, Receive, Send
 from proxy.sse import PING
@@ -73,23 +74,27 @@ class Watchdog:
             self.reason = reason
             self._task.cancel()
 
-    def start_keepalive(self) -> None:
-        """Call once the response headers are sent: pings begin after ``keepalive`` of silence."""
-        self.last_write = self._loop.time()
-        self._timer = self._loop.call_at(self.last_write + self._keepalive, self._tick)
+    def start_keepalive(self) -> float:
+        """Call once the response headers are sent: pings begin after ``keepalive`` of silence.
 
-    def wrote(self) -> None:
-        """Record a write to the client (the only per-chunk cost of the watchdog)."""
-        self.last_write = self._loop.time()
+        Returns the time (``time.perf_counter()``) the headers went out."""
+        self.last_write = time.perf_counter()
+        self._timer = self._loop.call_later(self._keepalive, self._tick)
+        return self.last_write
+
+    def wrote(self) -> float:
+        """Record a write to the client (the watchdog's only per-chunk cost); returns its time."""
+        self.last_write = now = time.perf_counter()
+        return now
 
     def _tick(self) -> None:
-        now = self._loop.time()
-        due = self.last_write + self._keepalive
-        if now >= due and (self._ping is None or self._ping.done()):
+        silent = time.perf_counter() - self.last_write
+        wait = self._keepalive - silent
+        if wait <= 0 and (self._ping is None or self._ping.done()):
             self._ping = self._loop.create_task(self._send_ping())
-            self.last_write = now
-            due = now + self._keepalive
-        self._timer = self._loop.call_at(due, self._tick)
+            self.last_write = time.perf_counter()
+            wait = self._keepalive
+        self._timer = self._loop.call_later(max(wait, 0.001), self._tick)
 
     async def _send_ping(self) -> None:
         with contextlib.suppress(Exception):  # a failed ping means a gone client: noticed above

@@ -15,7 +15,6 @@ first body read (test ``test_idle_timeout_differs_from_first_byte`` pins this do
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,13 +24,13 @@ import orjson
 
 from proxy.chunks import Chunk
 from proxy.errors import ProxyError, UpstreamError, UpstreamStatusError, UpstreamTimeout
+from proxy.redact import redact
 from proxy.settings import HTTPUpstream
 from proxy.sse import Event, SSEDecoder
 from proxy.upstreams.base import ChatRequest, Reply, Route
 
 MAX_ERROR_BODY = 64 * 1024  # bytes of an upstream error body worth reading
 Send = Callable[[httpx.Request], Awaitable[httpx.Response]]
-_SECRET = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+[A-Za-z0-9._\-]{6,})")
 
 
 class OpenAICompatible:
@@ -140,7 +139,7 @@ class OpenAICompatible:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
             if event.event == "error":
-                raise UpstreamError(scrub(data.decode("utf-8", "replace"), self.key)) from None
+                raise UpstreamError(redact(data.decode("utf-8", "replace"), [self.key])) from None
             raise UpstreamError(
                 f"The upstream '{self.name}' sent malformed JSON in the stream.",
                 code="upstream_malformed",
@@ -157,7 +156,7 @@ class OpenAICompatible:
                 if len(raw) >= MAX_ERROR_BODY:
                     break
         error = UpstreamStatusError(
-            scrub(_error_message(raw, response), self.key),
+            redact(_error_message(raw, response), [self.key]),
             status=response.status_code,
             code=None,
         )
@@ -260,13 +259,6 @@ def _error_message(raw: bytes, response: httpx.Response) -> str:
     if text and not text.lstrip().startswith("<") and len(text) <= 500:
         return text
     return f"The upstream answered {response.status_code} {response.reason_phrase}."
-
-
-def scrub(text: str, key: str | None) -> str:
-    """``text`` without the upstream key or anything shaped like a key."""
-    if key:
-        text = text.replace(key, "***")
-    return _SECRET.sub("***", text)
 
 
 def _optional_str(value: Any) -> str | None:
