@@ -6,12 +6,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http.cookiejar import CookieJar, DefaultCookiePolicy
+from pathlib import Path
 from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -148,6 +149,13 @@ def _sender(client: httpx.AsyncClient, transport: httpx.AsyncBaseTransport) -> A
 
 
 def _add_small_routes(app: FastAPI, settings: Settings, auth: Authenticator) -> None:
+    playground = (Path(__file__).parent / "playground.html").read_text(encoding="utf-8")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        # The page calls the API itself, with the key typed into it when api_keys is set.
+        return HTMLResponse(playground)
+
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
         auth.check(request.scope)

@@ -7,16 +7,17 @@ naming the file, the key and the problem, and exit code 2; never a traceback.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from types import FrameType
 
+from proxy.logs import setup_logging
+from proxy.probe import CLIENTS
 from proxy.settings import ENV_PREFIX, ConfigError, Settings, load_settings
 
-COMMANDS = ("serve",)
+COMMANDS = ("serve", "probe", "inspect")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +34,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, help="worker processes (default 1; env PROXY_WORKERS)"
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    probe = sub.add_parser(
+        "probe",
+        help="tell true streaming from pseudo-streaming at any OpenAI-compatible endpoint",
+        description="Exit code: 0 true streaming, 1 pseudo-streaming, 2 not streaming, "
+        "3 inconclusive, 4 the request failed.",
+    )
+    probe.add_argument("url", help="the base URL, e.g. http://127.0.0.1:8000/v1")
+    probe.add_argument("--model", required=True)
+    probe.add_argument("--client", choices=CLIENTS, default="openai")
+    probe.add_argument("--prompt", default="Count from 1 to 20, one number per line.")
+    probe.add_argument("--api-key", default="", help="sent as Authorization: Bearer")
+    inspect = sub.add_parser(
+        "inspect", help="a server that prints exactly what a client sends, and echoes it back"
+    )
+    inspect.add_argument("--host", default="127.0.0.1")
+    inspect.add_argument("--port", type=int, default=8008)
+    inspect.add_argument(
+        "--show-secrets", action="store_true", help="do not redact bearer keys and passwords"
+    )
     return parser
 
 
@@ -41,6 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or (args[0] not in COMMANDS and args[0] not in ("-h", "--help")):
         args.insert(0, "serve")
     options = build_parser().parse_args(args)
+    if options.command == "probe":
+        return _probe(options)
+    if options.command == "inspect":
+        from proxy.inspector import serve_inspector
+
+        serve_inspector(options.host, options.port, show_secrets=options.show_secrets)
+        return 0
     try:
         settings = load_settings(
             config=options.config,
@@ -60,9 +87,7 @@ def serve(settings: Settings) -> None:
     """Run uvicorn with the proxy until SIGINT/SIGTERM."""
     import uvicorn
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(settings.log_level, settings.log_format)
     models = ", ".join(f"{name} -> {route.upstream}" for name, route in settings.models.items())
     print(
         f"chat-stream-proxy: serving http://{settings.host}:{settings.port}/v1 ({models})",
@@ -139,3 +164,20 @@ def _metrics_directory() -> None:
         path = tempfile.mkdtemp(prefix="chat-stream-proxy-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     os.makedirs(path, exist_ok=True)
+
+
+def _probe(options: argparse.Namespace) -> int:
+    from proxy.probe import ProbeError, run
+
+    try:
+        verdict = run(
+            options.url,
+            options.model,
+            client=options.client,
+            prompt=options.prompt,
+            api_key=options.api_key,
+        )
+    except ProbeError as exc:
+        print(f"chat-stream-proxy probe: {exc}", file=sys.stderr)
+        return 4
+    return verdict.exit_code
