@@ -53,6 +53,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         keepalive=settings.keepalive_seconds,
+        send_timeout=settings.send_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
         log_bodies=settings.log_bodies,
     )
 

@@ -30,6 +30,7 @@ from proxy.errors import (
     ModelNotFound,
     ProxyError,
     ServiceUnavailable,
+    UpstreamTimeout,
 )
 from proxy.metrics import Access, GapCounter, Metrics, error_kind
 from proxy.redact import redact
@@ -55,6 +56,8 @@ class ChatCompletions:
         metrics: Metrics | None,
         max_body_bytes: int,
         keepalive: float,
+        send_timeout: float | None = None,
+        body_timeout: float | None = None,
         log_bodies: bool = False,
     ) -> None:
         self.routes = routes
@@ -63,6 +66,8 @@ class ChatCompletions:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.keepalive = keepalive
+        self.send_timeout = send_timeout
+        self.body_timeout = body_timeout
         self.log_bodies = log_bodies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -87,7 +92,10 @@ class ChatCompletions:
         self.auth.check(scope)  # before reading the body: a refused client costs nothing
         length = header(scope, b"content-length")
         body = await read_body(
-            receive, self.max_body_bytes, int(length) if length and length.isdigit() else None
+            receive,
+            self.max_body_bytes,
+            int(length) if length and length.isdigit() else None,
+            self.body_timeout,
         )
         if self.log_bodies:
             secrets = self.auth.secrets()
@@ -118,7 +126,7 @@ class ChatCompletions:
     async def _serve(
         self, request: ChatRequest, route: Route, receive: Receive, send: Send, access: Access
     ) -> None:
-        watchdog = Watchdog(receive, send, self.keepalive)
+        watchdog = Watchdog(receive, send, self.keepalive, self.send_timeout, route.deadline)
         watchdog.start()
         self.drain.track(watchdog)
         reply: Reply | None = None
@@ -140,8 +148,16 @@ class ChatCompletions:
             if watchdog.reason == "shutdown":  # before any response: a plain 503
                 access.outcome = "shutdown"
                 await send_error(send, _SHUTTING_DOWN)
-            else:
-                access.outcome = "client_disconnect"
+            elif watchdog.reason == "deadline":
+                error = _deadline(route.deadline)
+                access.outcome = _outcome(error)
+                await send_error(send, error)
+            else:  # the client went away or stopped reading: nothing more can reach it
+                access.outcome = (
+                    "client_send_timeout"
+                    if watchdog.reason == "send_timeout"
+                    else "client_disconnect"
+                )
         finally:
             self.drain.untrack(watchdog)
             watchdog.stop()
@@ -184,11 +200,12 @@ class ChatCompletions:
             access.outcome = _outcome(exc)
             tail = encode_event(exc.to_dict())
         except asyncio.CancelledError:
-            if watchdog.reason != "shutdown":
+            if watchdog.reason not in ("shutdown", "deadline"):
                 raise
             _uncancel()
-            access.outcome = "shutdown"
-            tail = encode_event(_SHUTTING_DOWN.to_dict())
+            error = _SHUTTING_DOWN if watchdog.reason == "shutdown" else _deadline(None)
+            access.outcome = "shutdown" if watchdog.reason == "shutdown" else _outcome(error)
+            tail = encode_event(error.to_dict())
         finally:
             access.chunks = count
             if gaps is not None and in_flight is not None:
@@ -255,6 +272,13 @@ def _count_tokens(access: Access, usage: Any) -> None:
     if isinstance(usage, dict) and not usage.get("estimated"):
         access.prompt_tokens = usage.get("prompt_tokens")
         access.completion_tokens = usage.get("completion_tokens")
+
+
+def _deadline(seconds: float | None) -> UpstreamTimeout:
+    limit = f" ({seconds:g} s)" if seconds else ""
+    return UpstreamTimeout(
+        f"The upstream's answer took longer than the proxy allows{limit}.", code="upstream_deadline"
+    )
 
 
 _SHUTTING_DOWN = ServiceUnavailable(

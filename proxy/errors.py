@@ -6,6 +6,7 @@
     ├── NotFound                    404 (unknown route)
     │   └── ModelNotFound           404 model_not_found
     ├── MethodNotAllowed            405
+    ├── RequestTimeout              408 (the body trickled in too slowly)
     ├── PayloadTooLarge             413
     ├── ServiceUnavailable          503 (shutting down)
     └── UpstreamError               502 upstream_error
@@ -103,6 +104,14 @@ class MethodNotAllowed(ProxyError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+
+class RequestTimeout(ProxyError):
+    """The request body did not arrive within ``body_timeout_seconds``."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "body_timeout"
 
 
 class PayloadTooLarge(ProxyError):

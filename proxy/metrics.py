@@ -43,6 +43,7 @@ _KINDS = {
     "upstream_malformed": "malformed",
     "upstream_truncated": "truncated",
     "upstream_stream_error": "stream_error",
+    "upstream_deadline": "deadline",
     "upstream_error": "malformed",
 }
 

@@ -6,12 +6,13 @@ Validation is hand-written rather than a pydantic model so that each error names
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 
-from proxy.asgi import Receive
-from proxy.errors import InvalidRequest, PayloadTooLarge
+from proxy.asgi import Message, Receive
+from proxy.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
 
 ROLES = ("system", "user", "assistant", "tool", "function", "developer")
 _TYPE_NAMES = {
@@ -25,14 +26,35 @@ _TYPE_NAMES = {
 }
 
 
-async def read_body(receive: Receive, limit: int, content_length: int | None) -> bytes:
-    """The whole request body, refusing it with 413 as soon as it passes ``limit`` bytes."""
+async def read_body(
+    receive: Receive,
+    limit: int,
+    content_length: int | None,
+    timeout: float | None = None,  # noqa: ASYNC109
+) -> bytes:
+    """The whole request body, refusing it with 413 as soon as it passes ``limit`` bytes, and
+    with 408 if it has not all arrived within ``timeout`` seconds (a trickling client)."""
     if content_length is not None and content_length > limit:
         raise _too_large(limit)
+    message = await receive()  # usually the whole body: no timer for the common case
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body: bytes = message.get("body", b"")
+        if len(body) > limit:
+            raise _too_large(limit)
+        return body
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_rest(receive, message, limit)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The request body did not arrive within {timeout:g} s.", code="body_timeout"
+        ) from None
+
+
+async def _read_rest(receive: Receive, message: Message, limit: int) -> bytes:
     parts: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             raise InvalidRequest("the client disconnected while sending the body")
         body = message.get("body", b"")
@@ -42,7 +64,8 @@ async def read_body(receive: Receive, limit: int, content_length: int | None) ->
                 raise _too_large(limit)
             parts.append(body)
         if not message.get("more_body", False):
-            return parts[0] if len(parts) == 1 else b"".join(parts)
+            return b"".join(parts)
+        message = await receive()
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

@@ -38,6 +38,7 @@ class Timeouts(_Strict):
     first_byte: float = Field(60.0, gt=0)  # until the upstream's response headers
     idle: float = Field(60.0, gt=0)  # between two reads of the upstream body
     write: float = Field(30.0, gt=0)
+    total: float | None = Field(1800.0, gt=0)  # a whole answer; None: no limit
 
 
 class EchoUpstream(_Strict):
@@ -127,6 +128,10 @@ class Settings(BaseSettings):
     keepalive_seconds: float = Field(15.0, gt=0)
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
+    # A client that stops reading a stream is dropped after this long without a completed write
+    # (on top of keepalive_seconds); a request body must arrive within body_timeout_seconds.
+    send_timeout_seconds: float = Field(60.0, gt=0)
+    body_timeout_seconds: float = Field(60.0, gt=0)
     # Peers whose X-Forwarded-For/-Proto are believed: addresses, CIDRs, or "*".
     trusted_proxies: list[str] = ["127.0.0.1", "::1"]
     root_path: str = ""  # served under this prefix too, e.g. "/llm" behind a gateway

@@ -1,14 +1,21 @@
-"""A per-request watchdog: notices a client that went away and keeps a silent stream alive.
+"""A per-request watchdog: notices a client that went away or stopped reading, keeps a silent
+stream alive, and bounds how long a request may run.
 
 While the proxy waits on its upstream it is not reading from the client, so it would only
 learn of a disconnect when a write fails, possibly minutes later, while a paid upstream keeps
 generating. The watchdog keeps one ``receive()`` pending; ``http.disconnect`` cancels the task
-serving the request, whose ``finally`` closes the upstream response at once. A shutdown whose
-grace period is over ends requests the same way (``abort("shutdown")``).
+serving the request, whose ``finally`` closes the upstream response at once. The other ends
+work the same way, through ``abort(reason)``:
 
-Keepalive: once the SSE headers are out, a timer sends ``: ping`` whenever nothing was written
-to the client for ``keepalive`` seconds (gateways cut idle connections, often at 60 s). The hot
-path only records the time of each write; no task wakes up while chunks flow.
+- ``"shutdown"``: the shutdown grace period is over (``proxy.shutdown``);
+- ``"send_timeout"``: the client stopped reading. A healthy stream completes a write at least
+  every ``keepalive`` seconds (a chunk or a ``: ping``), so no completed write for
+  ``keepalive + send_timeout`` means its socket buffer is full and stays full;
+- ``"deadline"``: the request ran past ``deadline`` seconds (an upstream that never ends).
+
+One timer serves all of these, and pings: once the SSE headers are out it sends ``: ping``
+whenever nothing was written for ``keepalive`` seconds (gateways cut idle connections, often at
+60 s). The hot path only records the time of each write; no task wakes up while chunks flow.
 """
 
 from __future__ import annotations
@@ -27,12 +34,15 @@ class Watchdog:
     """Watches one request; ``start()`` in the serving task, ``stop()`` in its ``finally``."""
 
     __slots__ = (
+        "_deadline",
         "_keepalive",
         "_loop",
         "_ping",
+        "_pinging",
         "_receive",
         "_receiver",
         "_send",
+        "_send_timeout",
         "_task",
         "_timer",
         "last_write",
@@ -40,24 +50,36 @@ class Watchdog:
         "reason",
     )
 
-    def __init__(self, receive: Receive, send: Send, keepalive: float) -> None:
+    def __init__(
+        self,
+        receive: Receive,
+        send: Send,
+        keepalive: float,
+        send_timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> None:
         self._receive = receive
         self._send = send
         self._keepalive = keepalive
+        self._send_timeout = send_timeout
+        self._deadline = None if deadline is None else time.perf_counter() + deadline
         self._loop = asyncio.get_running_loop()
         self._task: asyncio.Task[object] | None = None
         self._receiver: asyncio.Future[Message] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._ping: asyncio.Task[None] | None = None
+        self._pinging = False
         self.reason: str | None = None  # why the watchdog cancelled the request, if it did
         self.last_write = 0.0
         self.pings = 0
 
     def start(self) -> None:
-        """Begin watching for a disconnect (the request body must have been read)."""
+        """Begin watching (the request body must have been read)."""
         self._task = asyncio.current_task()
         self._receiver = asyncio.ensure_future(self._receive())
         self._receiver.add_done_callback(self._on_message)
+        if self._deadline is not None:
+            self._timer = self._loop.call_later(self._deadline - time.perf_counter(), self._tick)
 
     def _on_message(self, future: asyncio.Future[Message]) -> None:
         if future.cancelled() or future.exception() is not None:
@@ -69,7 +91,7 @@ class Watchdog:
             self._receiver.add_done_callback(self._on_message)
 
     def abort(self, reason: str) -> None:
-        """Cancel the serving task, recording why ("disconnect", "shutdown")."""
+        """Cancel the serving task, recording why."""
         if self._task is not None and self.reason is None:
             self.reason = reason
             self._task.cancel()
@@ -79,7 +101,8 @@ class Watchdog:
 
         Returns the time (``time.perf_counter()``) the headers went out."""
         self.last_write = time.perf_counter()
-        self._timer = self._loop.call_later(self._keepalive, self._tick)
+        self._pinging = True
+        self._schedule(self._keepalive)
         return self.last_write
 
     def wrote(self) -> float:
@@ -87,31 +110,57 @@ class Watchdog:
         self.last_write = now = time.perf_counter()
         return now
 
+    def _schedule(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._deadline is not None:
+            delay = min(delay, self._deadline - time.perf_counter())
+        self._timer = self._loop.call_later(max(delay, 0.001), self._tick)
+
     def _tick(self) -> None:
-        silent = time.perf_counter() - self.last_write
-        wait = self._keepalive - silent
-        if wait <= 0 and (self._ping is None or self._ping.done()):
+        now = time.perf_counter()
+        if self._deadline is not None and now >= self._deadline:
+            self.abort("deadline")
+            return
+        if not self.last_write:  # headers not sent yet: only the deadline applies
+            self._schedule(self._deadline - now if self._deadline is not None else 3600.0)
+            return
+        silent = now - self.last_write
+        if self._send_timeout is not None and silent >= self._keepalive + self._send_timeout:
+            self.abort("send_timeout")
+            return
+        if (
+            self._pinging
+            and silent >= self._keepalive
+            and (self._ping is None or self._ping.done())
+        ):
             self._ping = self._loop.create_task(self._send_ping())
-            self.last_write = time.perf_counter()
-            wait = self._keepalive
-        self._timer = self._loop.call_later(max(wait, 0.001), self._tick)
+        wait = self._keepalive - silent
+        if wait <= 0:  # a ping is on its way: next, look again when the send may have stalled
+            wait = self._keepalive + (self._send_timeout or self._keepalive) - silent
+        self._schedule(wait)
 
     async def _send_ping(self) -> None:
         with contextlib.suppress(Exception):  # a failed ping means a gone client: noticed above
             await self._send(_PING_MESSAGE)
             self.pings += 1
+            self.last_write = time.perf_counter()  # only once the ping is really written
+            if self._pinging:
+                self._schedule(self._keepalive)
 
     def stop_keepalive(self) -> None:
-        """No ping may follow: call before the final message of the response."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """No ping may follow: call before the final message of the response. The send
+        timeout and the deadline still watch that last write."""
+        self._pinging = False
         if self._ping is not None and not self._ping.done():
             self._ping.cancel()
 
     def stop(self) -> None:
         """Stop everything; after this the serving task is never cancelled by the watchdog."""
         self.stop_keepalive()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._task = None
         if self._receiver is not None and not self._receiver.done():
             self._receiver.cancel()

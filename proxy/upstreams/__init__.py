@@ -29,7 +29,13 @@ def build_routes(settings: Settings, send: Send) -> tuple[list[Upstream], dict[s
             upstream=upstreams[route.upstream],
             upstream_model=route.model or public,
             force_stream=route.force_stream,
+            deadline=_deadline(settings.upstreams[route.upstream]),
         )
         for public, route in settings.models.items()
     }
     return list(upstreams.values()), routes
+
+
+def _deadline(config: EchoUpstream | HTTPUpstream) -> float | None:
+    """How long one whole answer may take: ``timeouts.total`` (the echo model has none)."""
+    return config.timeouts.total if isinstance(config, HTTPUpstream) else None

@@ -34,6 +34,7 @@ class Route:
     upstream: Upstream
     upstream_model: str
     force_stream: bool = False
+    deadline: float | None = None  # seconds a whole answer may take (timeouts.total)
 
 
 @dataclass(slots=True)
