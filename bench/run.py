@@ -298,34 +298,10 @@ def main() -> int:
                 return 0
             slow = {"mode": "stream", "users": 8, "seconds": 1 if quick else 5, "interval_ms": 50}
             d, p = load(direct, **slow), load(proxied, **slow)
-            table.add(
-                "50 ms stream c=8: TTFT p50",
-                pct(d["ttft"], 0.5),
-                pct(p["ttft"], 0.5),
-                "ms",
-                "added",
-            )
-            table.add(
-                "50 ms stream c=8: TTFT p99",
-                pct(d["ttft"], 0.99),
-                pct(p["ttft"], 0.99),
-                "ms",
-                "added",
-            )
-            table.add(
-                "50 ms stream c=8: chunk delay p50",
-                pct(d["delays"], 0.5),
-                pct(p["delays"], 0.5),
-                "ms",
-                "added",
-            )
-            table.add(
-                "50 ms stream c=8: chunk delay p99",
-                pct(d["delays"], 0.99),
-                pct(p["delays"], 0.99),
-                "ms",
-                "added",
-            )
+            for key, label in (("ttft", "TTFT"), ("delays", "chunk delay")):
+                for q, name in ((0.5, "p50"), (0.99, "p99")):
+                    d_value, p_value = pct(d[key], q), pct(p[key], q)
+                    table.add(f"50 ms stream c=8: {label} {name}", d_value, p_value, "ms", "added")
 
             for users, chunks, interval in (
                 ((50, 3, 200), (200, 3, 500)) if quick else ((1000, 20, 1000), (args.big, 10, 1000))

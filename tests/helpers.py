@@ -119,3 +119,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def openai_arrivals(url: str, text: str, model: str = "echo") -> tuple[float, list[float]]:
+    """Stream ``text`` back through openai-python; (start time, arrival time of each content chunk)."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    started = time.monotonic()
+    times = [
+        time.monotonic()
+        for chunk in client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": text}], stream=True
+        )
+        if chunk.choices and chunk.choices[0].delta.content
+    ]
+    return started, times

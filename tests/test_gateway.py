@@ -25,6 +25,7 @@ from tests.helpers import (
     assert_true_streaming,
     echo_settings,
     free_port,
+    openai_arrivals,
     run_server,
 )
 from tests.test_streaming import BODY, TEXT, content_of
@@ -122,16 +123,7 @@ def echo_app() -> ASGIApp:
 
 
 def openai_times(url: str) -> tuple[float, list[float]]:
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
-    started = time.monotonic()
-    times = [
-        time.monotonic()
-        for chunk in client.chat.completions.create(
-            model="echo", messages=[{"role": "user", "content": TEXT}], stream=True
-        )
-        if chunk.choices and chunk.choices[0].delta.content
-    ]
-    return started, times
+    return openai_arrivals(url, TEXT)
 
 
 def requests_times(url: str) -> tuple[float, list[float]]:

@@ -21,7 +21,13 @@ import requests
 
 from proxy import create_app
 from tests.conftest import DELAY
-from tests.helpers import BufferingWrapper, assert_true_streaming, echo_settings, run_server
+from tests.helpers import (
+    BufferingWrapper,
+    assert_true_streaming,
+    echo_settings,
+    openai_arrivals,
+    run_server,
+)
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
 TEXT = "one two three four five six seven eight nine ten"
@@ -251,15 +257,7 @@ def test_negative_control_requests_catches_buffering(buffered_url: str) -> None:
 
 
 def test_negative_control_openai_catches_buffering(buffered_url: str) -> None:
-    client = openai.OpenAI(base_url=f"{buffered_url}/v1", api_key="x", max_retries=0)
-    started = time.monotonic()
-    times = [
-        time.monotonic()
-        for chunk in client.chat.completions.create(
-            model="echo", messages=[{"role": "user", "content": TEXT}], stream=True
-        )
-        if chunk.choices and chunk.choices[0].delta.content
-    ]
+    started, times = openai_arrivals(buffered_url, TEXT)
     with pytest.raises(AssertionError, match="buffered"):
         assert_true_streaming(times, started, DELAY)
 
