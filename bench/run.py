@@ -165,6 +165,11 @@ class Table:
         fmt = (lambda v: f"{v:,.0f}") if unit in ("/s", "", "MiB") else (lambda v: f"{v:.2f}")
         self.rows.append((name, f"{fmt(d)} {unit}".strip(), f"{fmt(p)} {unit}".strip(), extra))
 
+    def percentiles(self, name: str, direct: dict[str, Any], proxy: dict[str, Any]) -> None:
+        """p50 and p99 rows of one load.py summary, as time added by the proxy."""
+        for q, label in ((0.5, "p50"), (0.99, "p99")):
+            self.add(f"{name} {label}", pct(direct, q), pct(proxy, q), "ms", "added")
+
     def note(self, name: str, proxy: str) -> None:
         self.rows.append((name, "", proxy, ""))
 
@@ -265,20 +270,7 @@ def main() -> int:
                     p["ok"] / p["seconds"],
                     "/s",
                 )
-                table.add(
-                    f"stream 20 chunks c={users}: TTFT p50",
-                    pct(d["ttft"], 0.5),
-                    pct(p["ttft"], 0.5),
-                    "ms",
-                    "added",
-                )
-                table.add(
-                    f"stream 20 chunks c={users}: TTFT p99",
-                    pct(d["ttft"], 0.99),
-                    pct(p["ttft"], 0.99),
-                    "ms",
-                    "added",
-                )
+                table.percentiles(f"stream 20 chunks c={users}: TTFT", d["ttft"], p["ttft"])
                 if p["errors"]:
                     table.note(f"stream c={users}: errors", str(p["errors"]))
                 if users == 16 and p["ok"]:
@@ -298,10 +290,8 @@ def main() -> int:
                 return 0
             slow = {"mode": "stream", "users": 8, "seconds": 1 if quick else 5, "interval_ms": 50}
             d, p = load(direct, **slow), load(proxied, **slow)
-            for key, label in (("ttft", "TTFT"), ("delays", "chunk delay")):
-                for q, name in ((0.5, "p50"), (0.99, "p99")):
-                    d_value, p_value = pct(d[key], q), pct(p[key], q)
-                    table.add(f"50 ms stream c=8: {label} {name}", d_value, p_value, "ms", "added")
+            table.percentiles("50 ms stream c=8: TTFT", d["ttft"], p["ttft"])
+            table.percentiles("50 ms stream c=8: chunk delay", d["delays"], p["delays"])
 
             for users, chunks, interval in (
                 ((50, 3, 200), (200, 3, 500)) if quick else ((1000, 20, 1000), (args.big, 10, 1000))

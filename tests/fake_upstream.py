@@ -210,3 +210,23 @@ def sse_response(*events: bytes, piece: int = 0, pause: float = 0.0, end: bool =
             await reply.end()
 
     return handler
+
+
+def completion(content: str, usage: dict[str, int] | None = None, **message: Any) -> dict[str, Any]:
+    """A plain ``chat.completion`` body, as an upstream answers a non-stream request."""
+    body: dict[str, Any] = {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "x",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, **message},
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    if usage is not None:
+        body["usage"] = usage
+    return body

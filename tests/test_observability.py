@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import Settings, create_app
 from proxy.logs import JSONFormatter, TextFormatter
-from tests.fake_upstream import Recorded, Reply, serve_fake, sse_response
+from tests.fake_upstream import Recorded, Reply, completion, serve_fake, sse_response
 from tests.helpers import echo_settings, free_port, run_server
 from tests.test_process import proxy_process
 from tests.test_upstream import DONE, GOOD, ROLE, chunk
@@ -68,22 +68,7 @@ def handler(request: Recorded, reply: Reply) -> Any:
         elif prompt == "nousage":
             await sse_response(*GOOD)(request, reply)
         elif prompt == "json":
-            await reply.json(
-                200,
-                {
-                    "id": "c",
-                    "object": "chat.completion",
-                    "created": 1,
-                    "model": "x",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": "你好 there"},
-                            "finish_reason": "stop",
-                        }
-                    ],
-                },
-            )
+            await reply.json(200, completion("你好 there"))
         elif prompt == "slow":
             await reply.start()
             await reply.send(ROLE)

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fake_upstream import Recorded, Reply, serve_fake
+from tests.fake_upstream import Recorded, Reply, completion, serve_fake
 from tests.helpers import free_port
 from tests.test_process import proxy_process
 from tests.test_upstream import DONE, GOOD, ROLE, chunk
@@ -67,20 +67,7 @@ def upstream(request: Recorded, reply: Reply) -> Any:
         else:
             await reply.json(
                 200,
-                {
-                    "id": "c",
-                    "object": "chat.completion",
-                    "created": 1,
-                    "model": "x",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": "ok"},
-                            "finish_reason": "stop",
-                        }
-                    ],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                },
+                completion("ok", {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}),
             )
 
     return run()
