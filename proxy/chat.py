@@ -40,7 +40,6 @@ from proxy.sse import DONE, encode_event
 from proxy.upstreams.base import ChatRequest, Reply, Route
 from proxy.watchdog import Watchdog
 
-log = logging.getLogger(__name__)
 body_log = logging.getLogger("proxy.bodies")
 
 

@@ -46,7 +46,6 @@ class Watchdog:
         "_task",
         "_timer",
         "last_write",
-        "pings",
         "reason",
     )
 
@@ -71,7 +70,6 @@ class Watchdog:
         self._pinging = False
         self.reason: str | None = None  # why the watchdog cancelled the request, if it did
         self.last_write = 0.0
-        self.pings = 0
 
     def start(self) -> None:
         """Begin watching (the request body must have been read)."""
@@ -143,7 +141,6 @@ class Watchdog:
     async def _send_ping(self) -> None:
         with contextlib.suppress(Exception):  # a failed ping means a gone client: noticed above
             await self._send(_PING_MESSAGE)
-            self.pings += 1
             self.last_write = time.perf_counter()  # only once the ping is really written
             if self._pinging:
                 self._schedule(self._keepalive)
