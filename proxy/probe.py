@@ -245,12 +245,15 @@ def _openai_lines(
         )
         kind = stream.response.headers.get("content-type", "")
         yield kind, None
-        for chunk in stream:
-            yield kind, "data: " + chunk.model_dump_json(exclude_unset=True)
+        with stream:
+            for chunk in stream:
+                yield kind, "data: " + chunk.model_dump_json(exclude_unset=True)
     except openai.APIStatusError as exc:
         raise ProbeError(f"HTTP {exc.status_code}: {exc.message}") from None
     except openai.APIConnectionError as exc:
         raise ProbeError(f"cannot connect: {exc}") from None
+    finally:
+        client.close()
 
 
 class ProbeError(Exception):

@@ -75,7 +75,8 @@ class Page:
 def open_page(url: str) -> Iterator[Page]:
     binary = chromium()
     assert binary, "chromium is not installed"
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helpers may still write to the profile as it exits: cleanup is best effort.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         process = subprocess.Popen(
             [binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdout=subprocess.DEVNULL,

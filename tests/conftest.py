@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
+import openai
 import pytest
 
 from proxy import create_app
@@ -29,3 +31,20 @@ def fast_url() -> Iterator[str]:
     """A proxy serving the echo model with no delay (for shape and error tests)."""
     with run_server(create_app(echo_settings())) as url:
         yield url
+
+
+@pytest.fixture(autouse=True)
+def close_openai_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Close every sync openai client a test made: an unclosed one keeps a pooled socket that
+    the garbage collector finds later, as a ResourceWarning in some other test."""
+    made: list[openai.OpenAI] = []
+    original = openai.OpenAI.__init__
+
+    def init(self: openai.OpenAI, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(openai.OpenAI, "__init__", init)
+    yield
+    for client in made:
+        client.close()
