@@ -93,9 +93,7 @@ class StreamNormalizer:
         if not isinstance(delta, dict):
             delta = choice["delta"] = {}
         if "reasoning" in delta:  # vLLM >= 0.11, Ollama, OpenRouter
-            reasoning = delta.pop("reasoning")
-            if reasoning is not None and delta.get("reasoning_content") is None:
-                delta["reasoning_content"] = reasoning
+            _rename_reasoning(delta)
         if not self.started:
             self.started = True
             if "role" not in delta:
@@ -168,10 +166,15 @@ def normalize_completion(completion: Any, public_model: str) -> Chunk:
     for choice in completion["choices"]:
         message_obj = choice.get("message") if isinstance(choice, dict) else None
         if isinstance(message_obj, dict) and "reasoning" in message_obj:
-            reasoning = message_obj.pop("reasoning")
-            if reasoning is not None and message_obj.get("reasoning_content") is None:
-                message_obj["reasoning_content"] = reasoning
+            _rename_reasoning(message_obj)
     return completion
+
+
+def _rename_reasoning(obj: dict[str, Any]) -> None:
+    """``reasoning`` -> ``reasoning_content`` in a delta or message (one name for clients)."""
+    reasoning = obj.pop("reasoning")
+    if reasoning is not None and obj.get("reasoning_content") is None:
+        obj["reasoning_content"] = reasoning
 
 
 class Aggregator:

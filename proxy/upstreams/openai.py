@@ -114,20 +114,18 @@ class OpenAICompatible:
 
     async def _chunks(self, response: httpx.Response) -> AsyncGenerator[Chunk, None]:
         decoder = SSEDecoder()
+        reads = response.aiter_bytes()
         with self._errors("idle"):
-            async for raw in response.aiter_bytes():
-                for event in decoder.feed(raw):
+            while True:
+                raw = await anext(reads, None)  # None: the body ended, flush what is left
+                for event in decoder.feed(raw) if raw is not None else decoder.flush():
                     chunk = self._parse(event)
                     if chunk is _DONE:
                         return
                     if chunk is not None:
                         yield chunk
-        for event in decoder.flush():
-            chunk = self._parse(event)
-            if chunk is _DONE:
-                return
-            if chunk is not None:
-                yield chunk
+                if raw is None:
+                    return
 
     def _parse(self, event: Event) -> Any:
         data = event.data.strip()
