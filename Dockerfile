@@ -8,16 +8,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml changes.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+# Dependencies first, in their own layer, rebuilt only when pyproject.toml changes: pip reads
+# them from pyproject.toml itself (an empty package stands in for the code), so the image can
+# never drift from what the package declares.
+COPY pyproject.toml README.md ./
+RUN mkdir proxy && touch proxy/__init__.py \
+    && pip install . \
+    && pip uninstall --yes chat-stream-proxy \
+    && rm -rf proxy build
 
-COPY README.md ./
 COPY proxy ./proxy
+# Debian already has a system user named "proxy" (uid 13): ours is chat-stream-proxy.
 RUN pip install --no-deps . \
-    && useradd --create-home --uid 10001 --shell /usr/sbin/nologin proxy
+    && rm -rf build \
+    && useradd --create-home --uid 10001 --shell /usr/sbin/nologin chat-stream-proxy
 
 # The default config serves the echo model; mount your own over it, or set PROXY_CONFIG.
 COPY config/proxy.yaml /etc/chat-stream-proxy/proxy.yaml

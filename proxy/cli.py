@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from proxy.logs import setup_logging
-from proxy.probe import CLIENTS
+from proxy.probe import CLIENTS, DEFAULT_CLIENT, INSTALL_HINT
 from proxy.settings import ENV_PREFIX, ConfigError, Settings, load_settings
 
 COMMANDS = ("serve", "probe", "inspect")
@@ -42,7 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe.add_argument("url", help="the base URL, e.g. http://127.0.0.1:8000/v1")
     probe.add_argument("--model", required=True)
-    probe.add_argument("--client", choices=CLIENTS, default="openai")
+    probe.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default=DEFAULT_CLIENT,
+        help=f"httpx (default) and raw need nothing more; openai, requests and "
+        f"requests-buffered need the probe extra: {INSTALL_HINT}",
+    )
     probe.add_argument("--prompt", default="Count from 1 to 20, one number per line.")
     probe.add_argument("--api-key", default="", help="sent as Authorization: Bearer")
     inspect = sub.add_parser(

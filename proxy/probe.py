@@ -8,12 +8,14 @@ prints every chunk with its arrival time, and judges:
   a buffering client, hop or server;
 - NOT STREAMING (exit 2): the server answered plain JSON, not an event stream;
 - INCONCLUSIVE (exit 3): fewer than two content chunks, nothing to compare;
-- exit 4: the request failed (connection refused, HTTP error).
+- exit 4: the request failed (connection refused, HTTP error), or the chosen client's library
+  is not installed (``openai`` and ``requests`` come with the ``probe`` extra).
 """
 
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import itertools
 import json
 import statistics
@@ -24,7 +26,11 @@ from datetime import datetime
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-CLIENTS = ("openai", "requests", "requests-buffered", "httpx", "raw")
+CLIENTS = ("httpx", "raw", "openai", "requests", "requests-buffered")
+DEFAULT_CLIENT = "httpx"  # a plain `pip install` has httpx; openai and requests are extras
+# The clients that need a library a plain install does not bring, and that library.
+OPTIONAL = {"openai": "openai", "requests": "requests", "requests-buffered": "requests"}
+INSTALL_HINT = "pip install 'chat-stream-proxy[probe]'"
 LATE = 0.05  # "the end": the last 5% of the time
 PSEUDO_SHARE = 0.5  # at least this share of the content arrived in it: pseudo-streaming
 
@@ -260,11 +266,21 @@ class ProbeError(Exception):
     """The request failed before anything could be judged."""
 
 
+def check_client(client: str) -> None:
+    """Raise ProbeError, naming the install command, if ``client`` needs a missing library."""
+    module = OPTIONAL.get(client)
+    if module is not None and importlib.util.find_spec(module) is None:
+        raise ProbeError(
+            f"--client {client} needs the '{module}' package, which is not installed: "
+            f"{INSTALL_HINT}"
+        )
+
+
 def run(
     url: str,
     model: str,
     *,
-    client: str = "openai",
+    client: str = DEFAULT_CLIENT,
     prompt: str = "Count from 1 to 20, one number per line.",
     api_key: str = "",
     out: TextIO | None = None,
@@ -272,6 +288,7 @@ def run(
     """Probe ``url`` and print what arrived and the verdict to ``out``."""
     import sys
 
+    check_client(client)
     out = out or sys.stdout
     body = {"model": model, "stream": True, "messages": [{"role": "user", "content": prompt}]}
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

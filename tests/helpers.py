@@ -7,12 +7,16 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from proxy.asgi import ASGIApp, Message, Receive, Scope, Send
 from proxy.settings import Settings
+
+# The wire vectors the tests replay (copied from the project's shared set; see their README).
+VECTORS = Path(__file__).parent / "vectors"
 
 
 def echo_settings(**overrides: Any) -> Settings:

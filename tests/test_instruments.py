@@ -196,6 +196,30 @@ def test_probe_command_exit_codes(servers: dict[str, str]) -> None:
     assert missing.returncode == 4 and "HTTP 404" in missing.stderr
 
 
+@pytest.mark.parametrize(
+    ("client", "module"),
+    [("openai", "openai"), ("requests", "requests"), ("requests-buffered", "requests")],
+)
+def test_probe_names_the_extra_when_a_client_library_is_missing(
+    servers: dict[str, str], client: str, module: str
+) -> None:
+    # As after a plain `pip install .`: the library cannot be imported (sys.modules[m] = None).
+    code = (
+        f"import sys; sys.modules[{module!r}] = None; from proxy.cli import main; "
+        f"sys.exit(main(['probe', {servers['live'] + '/v1'!r}, '--model', 'echo', "
+        f"'--client', {client!r}]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.returncode == 4
+    assert done.stderr.strip() == (
+        f"chat-stream-proxy probe: --client {client} needs the '{module}' package, which is "
+        "not installed: pip install 'chat-stream-proxy[probe]'"
+    )
+    assert done.stdout == ""
+
+
 # --- inspect ---------------------------------------------------------------------------------
 
 

@@ -8,7 +8,6 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Literal
 
 import httpx
@@ -20,9 +19,8 @@ from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 
 from proxy import Settings, create_app
-from tests.helpers import assert_true_streaming, run_server
+from tests.helpers import VECTORS, assert_true_streaming, run_server
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
 ANSWER = "你好！我是通义千问，很高兴为你服务。"
 DELAY = 0.08
 

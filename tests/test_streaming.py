@@ -12,7 +12,6 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
@@ -22,6 +21,7 @@ import requests
 from proxy import create_app
 from tests.conftest import DELAY
 from tests.helpers import (
+    VECTORS,
     BufferingWrapper,
     assert_true_streaming,
     echo_settings,
@@ -29,7 +29,6 @@ from tests.helpers import (
     run_server,
 )
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
 TEXT = "one two three four five six seven eight nine ten"
 WORDS = ["one"] + [" " + w for w in TEXT.split()[1:]]
 BODY = {"model": "echo", "stream": True, "messages": [{"role": "user", "content": TEXT}]}

@@ -1,4 +1,4 @@
-"""Every vector in shared/vectors, replayed through the proxy, gives openai-python the same
+"""Every chat vector in tests/vectors, replayed through the proxy, gives openai-python the same
 content, reasoning, tool calls, finish_reason and usage as the vector fed to it directly, or a
 clean openai error for the error vectors, never a raw parser exception.
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,10 +19,10 @@ import pytest
 
 from proxy import Settings, create_app
 from tests.fake_upstream import Recorded, Reply, serve_fake
-from tests.helpers import run_server
+from tests.helpers import VECTORS, run_server
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
-SSE_VECTORS = sorted(p.name for p in VECTORS.glob("*.sse"))
+# The chat completion streams (the Responses API vector is replayed by its own tests).
+SSE_VECTORS = sorted(p.name for p in VECTORS.glob("*.sse") if "responses" not in p.name)
 PIECE = 37  # bytes per transport chunk: lands inside UTF-8 characters, CRLFs and JSON
 
 
