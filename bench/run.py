@@ -195,16 +195,18 @@ def main() -> int:
     parser.add_argument("--big", type=int, default=10_000, help="concurrent streams in the big run")
     parser.add_argument(
         "--transport",
-        choices=["fast", "httpx", "aiohttp"],
-        default="fast",
-        help="the proxy's upstream transport (aiohttp: needs httpx-aiohttp, bench only)",
+        choices=["aiohttp", "httpx"],
+        default="aiohttp",
+        help="the proxy's upstream transport (pool.transport)",
     )
-    parser.add_argument("--core", action="store_true", help="only the c=16 rates and CPU costs")
+    parser.add_argument(
+        "--core", action="store_true", help="only the c=1 and c=16 rates, TTFT and CPU costs"
+    )
     parser.add_argument("--no-metrics", action="store_true", help="the proxy with metrics: false")
     args = parser.parse_args()
     quick = args.quick
     seconds = 0.3 if quick else 3.0
-    levels = [1, 16] if quick else [16] if args.core else [1, 16, 64, 256]
+    levels = [1, 16] if quick or args.core else [1, 16, 64, 256]
     use_wrk = shutil.which("wrk") is not None
     up_port, proxy_port = free_port(), free_port()
     direct, proxied = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{proxy_port}"
@@ -214,8 +216,7 @@ def main() -> int:
         config.write_text(
             "keepalive_seconds: 15\n"
             f"metrics: {'false' if args.no_metrics else 'true'}\n"
-            "pool: {max_connections: 20000, max_keepalive: 1000, "
-            f"transport: {'httpx' if args.transport == 'httpx' else 'fast'}}}\n"
+            f"pool: {{max_connections: 20000, transport: {args.transport}}}\n"
             f"upstreams: {{up: {{type: openai, base_url: 'http://127.0.0.1:{up_port}/v1'}}}}\n"
             "models: {bench: {upstream: up}}\n"
         )

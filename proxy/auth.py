@@ -14,10 +14,6 @@ class Authenticator:
     def __init__(self, keys: list[str]) -> None:
         self._keys = [key.encode() for key in keys]
 
-    def secrets(self) -> list[str]:
-        """The client keys, for redaction."""
-        return [key.decode() for key in self._keys]
-
     def check(self, scope: Scope) -> None:
         if not self._keys:
             return

@@ -13,9 +13,9 @@ import sys
 from collections.abc import Callable, Sequence
 from types import FrameType
 
-from proxy.logs import setup_logging
-from proxy.probe import CLIENTS, DEFAULT_CLIENT, INSTALL_HINT
+from proxy.observability.logs import setup_logging
 from proxy.settings import ENV_PREFIX, ConfigError, Settings, load_settings
+from proxy.tools.probe import CLIENTS, DEFAULT_CLIENT, INSTALL_HINT
 
 COMMANDS = ("serve", "probe", "inspect")
 
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.command == "probe":
         return _probe(options)
     if options.command == "inspect":
-        from proxy.inspector import serve_inspector
+        from proxy.tools.inspector import serve_inspector
 
         serve_inspector(options.host, options.port, show_secrets=options.show_secrets)
         return 0
@@ -111,6 +111,9 @@ def serve(settings: Settings) -> None:
         "access_log": False,  # one line per request comes from the proxy itself
         "proxy_headers": False,  # the app applies X-Forwarded-* from trusted_proxies itself
         "backlog": 4096,  # bursts of new streams: uvicorn's 2048 drops connections sooner
+        # uvicorn's httptools protocol with a bound on request heads (proxy.server); a string,
+        # so that each worker process imports it.
+        "http": "proxy.server:ProxyHTTPProtocol",
         # The app ends its own streams after the grace period (proxy.shutdown); this is a backstop.
         "timeout_graceful_shutdown": settings.shutdown_grace_seconds + 5,
     }
@@ -173,7 +176,7 @@ def _metrics_directory() -> None:
 
 
 def _probe(options: argparse.Namespace) -> int:
-    from proxy.probe import ProbeError, run
+    from proxy.tools.probe import ProbeError, run
 
     try:
         verdict = run(

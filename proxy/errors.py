@@ -1,29 +1,81 @@
-"""The proxy's one exception tree; every error knows how it looks on the wire.
+"""The proxy's one exception tree; every error knows how it looks on the wire, what kind of
+failure it is and whether another attempt may help.
 
     ProxyError                      500 server_error
     ├── InvalidRequest              400 invalid_request_error (the bad ``param`` named)
     ├── AuthenticationFailed        401 invalid_api_key
+    ├── PermissionDenied            403 (a key's model allowlist)
     ├── NotFound                    404 (unknown route)
     │   └── ModelNotFound           404 model_not_found
     ├── MethodNotAllowed            405
     ├── RequestTimeout              408 (the body trickled in too slowly)
     ├── PayloadTooLarge             413
-    ├── ServiceUnavailable          503 (shutting down)
-    └── UpstreamError               502 upstream_error
-        ├── UpstreamTimeout         504 (nothing before ``first_byte``; idle mid-stream)
-        └── UpstreamStatusError     the upstream's own 4xx/5xx, message kept, secrets not
+    ├── RateLimited                 429 rate_limit_exceeded (a key's limits)
+    ├── ServiceUnavailable          503 (shutting down; the limits backend is down)
+    └── UpstreamError               502; ``kind`` says which failure, ``retry`` what may help
+        ├── UpstreamUnreachable     502 upstream_unreachable        connect         retry
+        ├── UpstreamConnectionError 502 upstream_connection_error   reset           retry
+        ├── UpstreamMalformed       502 upstream_malformed          malformed       retry
+        ├── UpstreamTruncated       502 upstream_truncated          truncated       retry
+        ├── UpstreamStreamError     502 upstream_stream_error       stream_error    retry
+        ├── UpstreamTimeout         504 upstream_timeout            first_byte_timeout retry
+        │   ├── UpstreamIdleTimeout     upstream_idle_timeout       idle_timeout    retry
+        │   ├── FirstTokenTimeout       upstream_first_token_timeout first_token_timeout retry
+        │   └── UpstreamDeadline        upstream_deadline           deadline        never
+        └── UpstreamStatusError     the upstream's 4xx/5xx          status          by status
+
+``retry`` is what routing may do about a failure *before the stream commits*: ``RETRY`` (another
+attempt, another deployment, the fallbacks), ``CONTEXT`` (only the context-window fallbacks)
+or ``NEVER`` (the client gets it as it is). Once content has gone out, nothing is retried.
 
 Before the response has started an error is sent as an HTTP status with the body
 ``{"error": {"message", "type", "param", "code"}}``; after an SSE stream has started the same
-object is sent as one ``data:`` event and the stream ends without ``[DONE]``. Foreign
-exceptions (httpx, orjson) are translated into this tree at the one place they can arise.
+object is sent as one event and the stream ends without its completion marker. Foreign
+exceptions (httpx, aiohttp, orjson) are translated into this tree at the one place they can
+arise, with the original kept as the cause (``raise ... from exc``).
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import orjson
+
+
+class Kind(enum.StrEnum):
+    """What failed upstream: the ``kind`` label of the upstream error metrics."""
+
+    CONNECT = "connect"
+    RESET = "reset"
+    MALFORMED = "malformed"
+    TRUNCATED = "truncated"
+    STREAM_ERROR = "stream_error"
+    FIRST_BYTE_TIMEOUT = "first_byte_timeout"
+    FIRST_TOKEN_TIMEOUT = "first_token_timeout"
+    IDLE_TIMEOUT = "idle_timeout"
+    DEADLINE = "deadline"
+    STATUS = "status"
+
+
+class Retry(enum.Enum):
+    """What may be tried after this failure, before the stream commits."""
+
+    NEVER = "never"
+    RETRY = "retry"  # another attempt or deployment, then the fallbacks
+    CONTEXT = "context"  # only the context-window fallbacks
+
+
+class Outcome(enum.StrEnum):
+    """How a request ended, for the access log and the metrics."""
+
+    COMPLETE = "complete"
+    REJECTED = "rejected"  # a client error, answered before any upstream call
+    UPSTREAM = "upstream"  # an upstream failure; its ``Kind`` says which
+    CLIENT_DISCONNECT = "client_disconnect"
+    CLIENT_SEND_TIMEOUT = "client_send_timeout"
+    SHUTDOWN = "shutdown"
+    ERROR = "error"  # the proxy's own fault
 
 
 class ProxyError(Exception):
@@ -32,6 +84,8 @@ class ProxyError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
+    kind: Kind | None = None  # set on upstream failures
+    retry: Retry = Retry.NEVER
 
     def __init__(
         self,
@@ -54,6 +108,10 @@ class ProxyError(Exception):
             self.type = type
         self.headers: dict[str, str] = headers or {}
 
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome.UPSTREAM if self.kind is not None else Outcome.ERROR
+
     def to_dict(self) -> dict[str, Any]:
         """The OpenAI error object, wrapped in ``{"error": ...}``."""
         return {
@@ -69,26 +127,40 @@ class ProxyError(Exception):
         return orjson.dumps(self.to_dict())
 
 
-class InvalidRequest(ProxyError):
+class ClientError(ProxyError):
+    """The client's request cannot be served as sent; nothing was asked of an upstream."""
+
+    type = "invalid_request_error"
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome.REJECTED
+
+
+class InvalidRequest(ClientError):
     """The client's request is malformed; ``param`` names the offending field."""
 
     status = 400
-    type = "invalid_request_error"
 
 
-class AuthenticationFailed(ProxyError):
-    """Missing or wrong ``Authorization: Bearer`` key while ``api_keys`` is set."""
+class AuthenticationFailed(ClientError):
+    """Missing or wrong key while keys are configured."""
 
     status = 401
-    type = "invalid_request_error"
     code = "invalid_api_key"
 
 
-class NotFound(ProxyError):
+class PermissionDenied(ClientError):
+    """The key may not use this model."""
+
+    status = 403
+    code = "model_not_allowed"
+
+
+class NotFound(ClientError):
     """No such route."""
 
     status = 404
-    type = "invalid_request_error"
     code = "not_found"
 
 
@@ -98,28 +170,33 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
-class MethodNotAllowed(ProxyError):
+class MethodNotAllowed(ClientError):
     """The route exists but not for this HTTP method."""
 
     status = 405
-    type = "invalid_request_error"
     code = "method_not_allowed"
 
 
-class RequestTimeout(ProxyError):
+class RequestTimeout(ClientError):
     """The request body did not arrive within ``body_timeout_seconds``."""
 
     status = 408
-    type = "invalid_request_error"
     code = "body_timeout"
 
 
-class PayloadTooLarge(ProxyError):
-    """The request body exceeds ``max_body_bytes``."""
+class PayloadTooLarge(ClientError):
+    """The request body exceeds ``max_body_bytes`` (or ``max_upload_bytes``)."""
 
     status = 413
-    type = "invalid_request_error"
     code = "request_too_large"
+
+
+class RateLimited(ClientError):
+    """A key's requests, tokens or parallel streams are over their limit."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
 
 
 class ServiceUnavailable(ProxyError):
@@ -129,6 +206,10 @@ class ServiceUnavailable(ProxyError):
     type = "server_error"
     code = "shutting_down"
 
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome.SHUTDOWN
+
 
 class UpstreamError(ProxyError):
     """The upstream could not be reached or answered something unusable."""
@@ -136,16 +217,90 @@ class UpstreamError(ProxyError):
     status = 502
     type = "upstream_error"
     code: str | None = "bad_gateway"
+    kind: Kind | None = Kind.MALFORMED
+    retry = Retry.RETRY
+
+
+class UpstreamUnreachable(UpstreamError):
+    """Refused, unknown host, TLS failure, no connection within ``connect``."""
+
+    code = "upstream_unreachable"
+    kind = Kind.CONNECT
+
+
+class UpstreamConnectionError(UpstreamError):
+    """The connection broke: a reset, an incomplete body."""
+
+    code = "upstream_connection_error"
+    kind = Kind.RESET
+
+
+class UpstreamMalformed(UpstreamError):
+    """Not HTTP, not JSON, not a chat completion, a bound exceeded."""
+
+    code = "upstream_malformed"
+    kind = Kind.MALFORMED
+
+
+class UpstreamTruncated(UpstreamError):
+    """The stream ended before the answer was complete."""
+
+    code = "upstream_truncated"
+    kind = Kind.TRUNCATED
+
+
+class UpstreamStreamError(UpstreamError):
+    """The upstream's own error, sent in the stream (or as a 200 JSON body)."""
+
+    code = "upstream_stream_error"
+    kind = Kind.STREAM_ERROR
 
 
 class UpstreamTimeout(UpstreamError):
-    """The upstream was silent for longer than its configured timeout."""
+    """No response headers within ``first_byte``."""
 
     status = 504
     code = "upstream_timeout"
+    kind = Kind.FIRST_BYTE_TIMEOUT
+
+
+class UpstreamIdleTimeout(UpstreamTimeout):
+    """The upstream was silent for longer than ``idle`` in the middle of its body."""
+
+    code = "upstream_idle_timeout"
+    kind = Kind.IDLE_TIMEOUT
+
+
+class FirstTokenTimeout(UpstreamTimeout):
+    """No content within ``first_token`` of the request."""
+
+    code = "upstream_first_token_timeout"
+    kind = Kind.FIRST_TOKEN_TIMEOUT
+
+
+class UpstreamDeadline(UpstreamTimeout):
+    """The whole answer took longer than ``timeouts.total``: the request's own bound."""
+
+    code = "upstream_deadline"
+    kind = Kind.DEADLINE
+    retry = Retry.NEVER
+
+
+# Statuses after which another attempt may succeed (the contract's list).
+RETRIED_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class UpstreamStatusError(UpstreamError):
     """The upstream answered 4xx/5xx; its status and (scrubbed) message are passed on."""
 
     code: str | None = None
+    kind = Kind.STATUS
+
+    def __init__(self, message: str, *, status: int, **fields: Any) -> None:
+        super().__init__(message, status=status, **fields)
+        if self.code == "context_length_exceeded":
+            self.retry = Retry.CONTEXT
+        elif status in RETRIED_STATUSES:
+            self.retry = Retry.RETRY
+        else:
+            self.retry = Retry.NEVER

@@ -3,88 +3,9 @@ and has buffered or broken streaming responses in past Starlette versions."""
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import logging
-import os
-import re
-import time
 
-from proxy.asgi import ASGIApp, Message, Receive, Scope, Send, header, send_error
-from proxy.errors import ProxyError
-from proxy.metrics import Access, Metrics
-
-_VALID_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
-access_log = logging.getLogger("proxy.access")
-
-
-class AccessLog:
-    """Gives every request an id and writes one access line when it is over.
-
-    Accepts a sane ``X-Request-ID`` or makes one, and returns it on every response. The
-    request's ``Access`` record is put in ``scope["state"]["access"]``; the chat endpoint fills
-    in model, upstream, time to first token, chunks, tokens and outcome, and the line (and the
-    metrics) are written from it here, so no request is logged twice or not at all.
-    """
-
-    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = header(scope, b"x-request-id")
-        request_id = (
-            given if given and _VALID_ID.fullmatch(given) else os.urandom(16).hex().encode()
-        )
-        client = scope.get("client")
-        access = Access(
-            request_id=request_id.decode(),
-            client=client[0] if client else "-",
-            method=scope["method"],
-            path=scope["path"],
-            started=time.perf_counter(),
-        )
-        state = scope.setdefault("state", {})
-        state["request_id"] = access.request_id
-        state["access"] = access
-        pair = (b"x-request-id", request_id)
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), pair]
-                access.status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            duration = time.perf_counter() - access.started
-            if self.metrics is not None and access.model is not None:
-                self.metrics.finish(access, duration)
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info("access", extra={"fields": _fields(access, duration)})
-
-
-def _fields(access: Access, duration: float) -> dict[str, object]:
-    return {
-        "request_id": access.request_id,
-        "client": access.client,
-        "method": access.method,
-        "path": access.path,
-        "status": access.status,
-        "model": access.model,
-        "upstream": access.upstream,
-        "stream": access.stream,
-        "ttft_ms": None if access.ttft is None else round(access.ttft * 1000, 1),
-        "duration_ms": round(duration * 1000, 1),
-        "chunks": access.chunks if access.stream else None,
-        "prompt_tokens": access.prompt_tokens,
-        "completion_tokens": access.completion_tokens,
-        "outcome": access.outcome,
-    }
+from proxy.asgi import ASGIApp, Receive, Scope, Send, header
 
 
 class RootPath:
@@ -146,31 +67,3 @@ class TrustedProxies:
                         {"http": "ws", "https": "wss"}[scheme] if websocket else scheme
                     )
         await self.app(scope, receive, send)
-
-
-class FastPath:
-    """Sends the chat endpoint's requests straight to it, past the framework's router and
-    exception layers (a measured part of the per-request cost); everything else goes on to
-    the app. What the skipped layers did for the chat endpoint is done here: an unexpected
-    error becomes a logged 500 in OpenAI's shape."""
-
-    def __init__(self, app: ASGIApp, endpoint: ASGIApp, paths: tuple[str, ...]) -> None:
-        self.app = app
-        self.endpoint = endpoint
-        self.paths = paths
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root) :]
-        if scope["type"] != "http" or path not in self.paths:
-            await self.app(scope, receive, send)
-            return
-        try:
-            await self.endpoint(scope, receive, send)
-        except Exception:
-            logging.getLogger("proxy.chat").exception("unexpected error serving %s", path)
-            # If the response had started this fails, and the server ends it as incomplete.
-            with contextlib.suppress(RuntimeError):
-                await send_error(send, ProxyError("The proxy had an internal error."))

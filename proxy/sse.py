@@ -9,6 +9,10 @@ The decoder works on bytes, not text, on purpose: line ends are ``\\r\\n``, ``\\
 and splitting there (httpx's ``aiter_lines()``) also splits on U+2028, U+0085 and friends,
 which cuts JSON strings that contain them. A multi-byte UTF-8 character split across reads is
 safe because data is only decoded (by orjson) once its event is complete.
+
+An event is bounded (``max_event``, bytes of its lines): a hostile upstream could otherwise
+send one endless line. A line arriving in many reads is kept as a list of pieces and joined
+once, when its end arrives: joining at every read made a 200 MB line cost minutes.
 """
 
 from __future__ import annotations
@@ -19,7 +23,12 @@ import orjson
 
 DONE = b"data: [DONE]\n\n"
 PING = b": ping\n\n"
+MAX_EVENT = 16 * 1024 * 1024  # bytes of one event's lines (a whole Responses answer fits)
 _BOM = b"\xef\xbb\xbf"
+
+
+class EventTooLarge(ValueError):
+    """An event (or one line) grew past the decoder's ``max_event`` bytes."""
 
 
 def encode_event(payload: object) -> bytes:
@@ -49,10 +58,24 @@ class SSEDecoder:
     re-sent as ``data:`` they would crash openai-python's JSON parsing.
     """
 
-    __slots__ = ("_buf", "_data", "_event", "_skip_lf", "_started")
+    __slots__ = (
+        "_buf",
+        "_data",
+        "_event",
+        "_max",
+        "_parts",
+        "_parts_size",
+        "_size",
+        "_skip_lf",
+        "_started",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, max_event: int = MAX_EVENT) -> None:
         self._buf = b""
+        self._parts: list[bytes] = []  # reads of a line still without its end (after _buf)
+        self._parts_size = 0
+        self._size = 0  # bytes of the current event so far: its data lines and the open line
+        self._max = max_event
         self._data: list[bytes] = []
         self._event: str | None = None
         self._skip_lf = False  # the last read ended on "\r": a "\n" starting the next is its pair
@@ -65,7 +88,18 @@ class SSEDecoder:
             self._skip_lf = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
-        buf = self._buf + chunk if self._buf else chunk
+                if not chunk:
+                    return []
+        if self._started and b"\n" not in chunk and b"\r" not in chunk:
+            self._parts_size += len(chunk)  # the middle of a long line: keep the piece
+            self._parts.append(chunk)
+            self._grow(len(self._buf))
+            return []
+        if self._parts:
+            buf = self._buf + b"".join(self._parts) + chunk
+            self._parts, self._parts_size = [], 0
+        else:
+            buf = self._buf + chunk if self._buf else chunk
         if not self._started:
             if len(buf) < 3 and _BOM.startswith(buf):
                 self._buf = buf  # can't tell yet whether this is a BOM
@@ -79,6 +113,7 @@ class SSEDecoder:
             self._buf = lines.pop()
             for line in lines:
                 self._line(line, events)
+            self._grow(len(self._buf))
             return events
         start = 0
         size = len(buf)
@@ -97,11 +132,20 @@ class SSEDecoder:
             self._line(buf[start:end], events)
             start = nxt
         self._buf = buf[start:]
+        self._grow(len(self._buf))
         return events
+
+    def _grow(self, size: int) -> None:
+        if self._size + self._parts_size + size > self._max:
+            self._buf, self._parts, self._parts_size, self._data, self._size = b"", [], 0, [], 0
+            raise EventTooLarge(f"an event of more than {self._max} bytes")
 
     def flush(self) -> list[Event]:
         """At end of input: an unterminated last event is still dispatched (we are lenient)."""
         events: list[Event] = []
+        if self._parts:
+            self._buf += b"".join(self._parts)
+            self._parts, self._parts_size = [], 0
         if self._buf:
             self._line(self._buf, events)
             self._buf = b""
@@ -114,6 +158,7 @@ class SSEDecoder:
                 events.append(Event(b"\n".join(self._data), self._event))
             self._data = []
             self._event = None
+            self._size = 0
             return
         if line[0] == 0x3A:  # ":" comment (pings, keep-alives)
             return
@@ -122,6 +167,10 @@ class SSEDecoder:
             value = value[1:]
         if name == b"data":
             self._data.append(value)
+            self._size += len(value)
+            if self._size > self._max:
+                self._data, self._size = [], 0
+                raise EventTooLarge(f"an event of more than {self._max} bytes")
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
         elif name == b"error":  # llama.cpp before PR #16109: "error: {json}" instead of data

@@ -13,6 +13,11 @@ work the same way, through ``abort(reason)``:
   ``keepalive + send_timeout`` means its socket buffer is full and stays full;
 - ``"deadline"``: the request ran past ``deadline`` seconds (an upstream that never ends).
 
+A later reason cancels again: once aborted, the serving task writes at most one last message
+(the error event that says why) and gets ``FINAL_WRITE`` seconds for it; a stuck client, a
+disconnect or a shutdown in the meantime cancels it for good (``final``), so no request
+outlives its deadline or the shutdown grace by more than that.
+
 One timer serves all of these, and pings: once the SSE headers are out it sends ``: ping``
 whenever nothing was written for ``keepalive`` seconds (gateways cut idle connections, often at
 60 s). The hot path only records the time of each write; no task wakes up while chunks flow.
@@ -27,7 +32,7 @@ import time
 from proxy.asgi import Message, Receive, Send
 from proxy.sse import PING
 
-_PING_MESSAGE = {"type": "http.response.body", "body": PING, "more_body": True}
+FINAL_WRITE = 1.0  # seconds an aborted request has for its last message
 
 
 class Watchdog:
@@ -35,9 +40,11 @@ class Watchdog:
 
     __slots__ = (
         "_deadline",
+        "_final",
         "_keepalive",
         "_loop",
         "_ping",
+        "_ping_message",
         "_pinging",
         "_receive",
         "_receiver",
@@ -45,6 +52,7 @@ class Watchdog:
         "_send_timeout",
         "_task",
         "_timer",
+        "final",
         "last_write",
         "reason",
     )
@@ -56,7 +64,9 @@ class Watchdog:
         keepalive: float,
         send_timeout: float | None = None,
         deadline: float | None = None,
+        ping: bytes = PING,
     ) -> None:
+        self._ping_message = {"type": "http.response.body", "body": ping, "more_body": True}
         self._receive = receive
         self._send = send
         self._keepalive = keepalive
@@ -68,7 +78,9 @@ class Watchdog:
         self._timer: asyncio.TimerHandle | None = None
         self._ping: asyncio.Task[None] | None = None
         self._pinging = False
+        self._final: asyncio.TimerHandle | None = None
         self.reason: str | None = None  # why the watchdog cancelled the request, if it did
+        self.final = False  # cancelled again after that: nothing more may be written
         self.last_write = 0.0
 
     def start(self) -> None:
@@ -89,10 +101,15 @@ class Watchdog:
             self._receiver.add_done_callback(self._on_message)
 
     def abort(self, reason: str) -> None:
-        """Cancel the serving task, recording why."""
-        if self._task is not None and self.reason is None:
+        """Cancel the serving task, recording why; a second abort cancels it for good."""
+        if self._task is None or self.final:
+            return
+        if self.reason is None:
             self.reason = reason
-            self._task.cancel()
+            self._final = self._loop.call_later(FINAL_WRITE, self.abort, "final_write")
+        else:
+            self.final = True
+        self._task.cancel()
 
     def start_keepalive(self) -> float:
         """Call once the response headers are sent: pings begin after ``keepalive`` of silence.
@@ -140,7 +157,7 @@ class Watchdog:
 
     async def _send_ping(self) -> None:
         with contextlib.suppress(Exception):  # a failed ping means a gone client: noticed above
-            await self._send(_PING_MESSAGE)
+            await self._send(self._ping_message)
             self.last_write = time.perf_counter()  # only once the ping is really written
             if self._pinging:
                 self._schedule(self._keepalive)
@@ -155,9 +172,10 @@ class Watchdog:
     def stop(self) -> None:
         """Stop everything; after this the serving task is never cancelled by the watchdog."""
         self.stop_keepalive()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for handle in (self._timer, self._final):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._final = None
         self._task = None
         if self._receiver is not None and not self._receiver.done():
             self._receiver.cancel()

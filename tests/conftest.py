@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,12 +9,18 @@ import pytest
 from proxy import create_app
 from tests.helpers import echo_settings, run_server
 
-# Client libraries must never reach past 127.0.0.1 (e.g. through a proxy from the env).
-for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-    os.environ.pop(name, None)
-os.environ["NO_PROXY"] = "127.0.0.1,localhost"
-
 DELAY = 0.1  # the echo model's delay between words in the timing tests
+
+
+@pytest.fixture(scope="session", autouse=True)
+def only_loopback() -> Iterator[None]:
+    """Client libraries must never reach past 127.0.0.1 (e.g. through a proxy from the env)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+            patch.delenv(name, raising=False)
+        patch.delenv("all_proxy", raising=False)
+        patch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -121,12 +121,14 @@ class FakeUpstream:
         self.requests: list[Recorded] = []
         self.closed_at: list[float] = []  # monotonic times at which the proxy closed a connection
         self.open_connections = 0
+        self.connections = 0  # accepted in all
         self.url = ""
         self.loop: asyncio.AbstractEventLoop | None = None
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.open_connections += 1
+        self.connections += 1
         try:
             while True:
                 request = await _read_request(reader)

@@ -1,4 +1,5 @@
-"""Shared test helpers: a real uvicorn server on 127.0.0.1:0, timing, a buffering wrapper."""
+"""Shared test helpers: settings for the echo model or a fake upstream, a real uvicorn server on
+127.0.0.1:0, free ports, timing checks, a buffering wrapper (the negative control)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import uvicorn
 
 from proxy.asgi import ASGIApp, Message, Receive, Scope, Send
+from proxy.server import ProxyHTTPProtocol
 from proxy.settings import Settings
 
 # The wire vectors the tests replay (copied from the project's shared set; see their README).
@@ -29,6 +31,41 @@ def echo_settings(**overrides: Any) -> Settings:
     )
 
 
+def upstream_settings(
+    url: str,
+    *,
+    key: str | None = None,
+    model: str | None = None,
+    up: dict[str, Any] | None = None,
+    route: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Settings with one OpenAI-compatible upstream ``up`` at ``url`` and one public model ``m``
+    routed to it (``model``: the upstream's name for it); ``up``/``route``: more of their keys."""
+    upstream: dict[str, Any] = {"type": "openai", "base_url": url}
+    if key is not None:
+        upstream["api_key"] = key
+    upstream.update(up or {})
+    target: dict[str, Any] = {"upstream": "up"}
+    if model is not None:
+        target["model"] = model
+    target.update(route or {})
+    return Settings(upstreams={"up": upstream}, models={"m": target}, **overrides)
+
+
+@contextmanager
+def proxy_for(handler: Any, **settings: Any) -> Iterator[tuple[str, Any]]:
+    """A fake upstream running ``handler`` and a proxy in front of it: (proxy URL, the fake)."""
+    from proxy import create_app
+    from tests.fake_upstream import serve_fake
+
+    with (
+        serve_fake(handler) as fake,
+        run_server(create_app(upstream_settings(fake.url, **settings))) as url,
+    ):
+        yield url, fake
+
+
 @contextmanager
 def run_server(app: ASGIApp, **config: Any) -> Iterator[str]:
     """Serve ``app`` with a real uvicorn on an ephemeral port; yields the base URL."""
@@ -42,7 +79,13 @@ def serving(app: ASGIApp, **config: Any) -> Iterator[tuple[str, uvicorn.Server]]
     server = uvicorn.Server(
         # proxy_headers off as in `chat-stream-proxy serve`: the app applies trusted_proxies.
         uvicorn.Config(
-            app, host="127.0.0.1", port=0, log_level="warning", proxy_headers=False, **config
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            proxy_headers=False,
+            http=ProxyHTTPProtocol,  # as `chat-stream-proxy serve` runs it
+            **config,
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)

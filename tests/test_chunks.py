@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from proxy.chunks import (
+from proxy.errors import UpstreamError
+from proxy.formats.chunks import (
     Aggregator,
     StreamNormalizer,
     completion_to_chunks,
     normalize_completion,
-    upstream_error_message,
 )
-from proxy.errors import UpstreamError
+from proxy.upstreams.failures import payload_error
 
 
 def choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -185,13 +185,24 @@ ERRORS = [
 
 @pytest.mark.parametrize(("payload", "message"), ERRORS)
 def test_upstream_error_shapes(payload: Any, message: str | None) -> None:
-    assert upstream_error_message(payload) == message
-    if message is not None:
-        with pytest.raises(UpstreamError, match=message):
-            StreamNormalizer("pub", False).normalize(payload)
+    error = payload_error(payload)
+    assert (error.message if error is not None else None) == message
 
 
-@pytest.mark.parametrize("bad", [[1], "text", 5, {"choices": ["x"]}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [1],
+        "text",
+        5,
+        {"choices": ["x"]},
+        {"choices": 5},
+        {"choices": [{"delta": "hi"}]},
+        {"choices": [{"delta": {"content": 5}}]},
+        {"choices": [{"delta": {"tool_calls": "x"}}]},
+        {"choices": [{"delta": {"tool_calls": [1]}}]},
+    ],
+)
 def test_malformed_chunks_raise_upstream_error(bad: Any) -> None:
     with pytest.raises(UpstreamError):
         StreamNormalizer("pub", False).normalize(bad)

@@ -21,8 +21,8 @@ import pytest
 import requests
 
 from proxy import create_app
-from proxy.inspector import start
-from proxy.probe import Arrival, Observation, judge, run
+from proxy.tools.inspector import start
+from proxy.tools.probe import Arrival, Observation, judge, run
 from tests.browser import chromium, open_page
 from tests.helpers import BufferingWrapper, echo_settings, run_server
 

@@ -19,9 +19,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import Settings, create_app
-from proxy.logs import JSONFormatter, TextFormatter
+from proxy.observability.logs import JSONFormatter, TextFormatter
 from tests.fake_upstream import Recorded, Reply, completion, serve_fake, sse_response
-from tests.helpers import echo_settings, free_port, run_server
+from tests.helpers import echo_settings, free_port, run_server, upstream_settings
 from tests.test_process import proxy_process
 from tests.test_upstream import DONE, GOOD, ROLE, chunk
 
@@ -47,13 +47,7 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
 
 
 def settings_for(url: str, **overrides: Any) -> Settings:
-    return Settings(
-        upstreams={
-            "up": {"type": "openai", "base_url": url, "api_key": KEY, "timeouts": {"idle": 0.5}}
-        },
-        models={"m": {"upstream": "up"}},
-        **overrides,
-    )
+    return upstream_settings(url, key=KEY, up={"timeouts": {"idle": 0.5}}, **overrides)
 
 
 def handler(request: Recorded, reply: Reply) -> Any:
@@ -291,28 +285,3 @@ def test_metrics_with_several_workers(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
     assert os.environ.get("PROMETHEUS_MULTIPROC_DIR") is None  # the test process stays single-mode
-
-
-@pytest.mark.parametrize(
-    "gaps", [[0.0005, 0.002, 0.002, 0.05, 0.3, 7.0, 100.0], [0.001, 0.005, 60.0], []]
-)
-def test_gap_counter_equals_observe(gaps: list[float]) -> None:
-    from proxy.metrics import GapCounter, Metrics
-
-    by_observe, by_counter = Metrics(), Metrics()
-    child = by_observe.chunk_gap.labels("m", "u")
-    for gap in gaps:
-        child.observe(gap)
-    counter = GapCounter(by_counter.chunk_gap.labels("m", "u"))
-    for gap in gaps:
-        counter.add(gap)
-    counter.flush()
-    counter.flush()  # idempotent: nothing is counted twice
-
-    def samples(metrics: Metrics) -> list[str]:  # the children's _created times differ, naturally
-        return [
-            line for line in metrics.render()[0].decode().splitlines() if "_created" not in line
-        ]
-
-    assert samples(by_observe) == samples(by_counter)
-    assert any("proxy_chunk_gap_seconds_bucket" in line for line in samples(by_counter))

@@ -148,7 +148,7 @@ def test_draining_refuses_new_work_and_turns_readyz_503() -> None:
     with serving(app) as (url, server), httpx.Client() as client:
         assert client.get(f"{url}/readyz").status_code == 200
         loop = server.servers[0].get_loop()
-        loop.call_soon_threadsafe(app.state.drain.begin)
+        loop.call_soon_threadsafe(app.state.services.drain.begin)
         time.sleep(0.2)
         assert client.get(f"{url}/readyz").status_code == 503
         response = client.post(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,8 +16,9 @@ import pytest
 import requests
 
 from proxy import Settings, create_app
-from tests.fake_upstream import Recorded, Reply, serve_fake, sse_response
-from tests.helpers import run_server
+from tests import helpers
+from tests.fake_upstream import Recorded, Reply, sse_response
+from tests.helpers import free_port, run_server, upstream_settings
 
 KEY = "sk-upstream-secret-0123456789"
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -45,30 +45,20 @@ DONE = b"data: [DONE]\n\n"
 GOOD = [ROLE, chunk("Hel"), chunk("lo"), chunk(finish="stop"), DONE]
 
 
-TRANSPORT = {"kind": "fast"}
-
-
-@pytest.fixture(autouse=True, params=["fast", "httpx"])
-def transport_kind(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Every test here runs over the proxy's own transport and over httpx's default one."""
-    TRANSPORT["kind"] = request.param
-    yield
-    TRANSPORT["kind"] = "fast"
+@pytest.fixture(autouse=True, params=["aiohttp", "httpx"])
+def transport_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test here runs over both upstream transports: aiohttp's (the default) and httpx's,
+    chosen the way a user would, through the environment."""
+    monkeypatch.setenv("PROXY_POOL__TRANSPORT", request.param)
 
 
 def settings(base_url: str, **overrides: Any) -> Settings:
-    upstream = {"type": "openai", "base_url": base_url, "api_key": KEY, **overrides.pop("up", {})}
-    model = {"upstream": "up", "model": "upstream-model", **overrides.pop("route", {})}
-    pool = {"transport": TRANSPORT["kind"]}
-    return Settings(upstreams={"up": upstream}, models={"m": model}, pool=pool, **overrides)
+    return upstream_settings(base_url, key=KEY, model="upstream-model", **overrides)
 
 
 @contextmanager
 def proxy_for(handler: Any, **overrides: Any) -> Iterator[tuple[str, Any]]:
-    with (
-        serve_fake(handler) as fake,
-        run_server(create_app(settings(fake.url, **overrides))) as url,
-    ):
+    with helpers.proxy_for(handler, key=KEY, model="upstream-model", **overrides) as (url, fake):
         yield url, fake
 
 
@@ -269,12 +259,6 @@ def test_qwen_type_adapts_request() -> None:
 # --- failures before the stream: HTTP statuses -----------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize("stream", [True, False])
 def test_connection_refused_is_502(stream: bool) -> None:
     app = create_app(settings(f"http://127.0.0.1:{free_port()}/v1"))
@@ -311,7 +295,7 @@ async def closes_before_headers(request: Recorded, reply: Reply) -> None:
 @pytest.mark.parametrize(
     ("handler", "code"),
     [
-        (garbage, "upstream_connection_error"),
+        (garbage, "upstream_malformed"),  # not HTTP at all
         (wrong_content_type, "upstream_malformed"),
         (closes_before_headers, "upstream_connection_error"),
     ],
@@ -581,6 +565,6 @@ def test_abandoned_non_stream_request_closes_upstream() -> None:
 def test_shared_client_closed_at_shutdown() -> None:
     app = create_app(settings("http://127.0.0.1:9/v1"))
     with run_server(app):
-        client_ = app.state.http_client
-        assert not client_.is_closed
-    assert client_.is_closed
+        wire = app.state.services.wire
+        assert wire.is_open
+    assert not wire.is_open

@@ -19,7 +19,7 @@ import pytest
 
 from proxy import Settings, create_app
 from tests.fake_upstream import Recorded, Reply, serve_fake
-from tests.helpers import VECTORS, run_server
+from tests.helpers import VECTORS, run_server, upstream_settings
 
 # The chat completion streams (the Responses API vector is replayed by its own tests).
 SSE_VECTORS = sorted(p.name for p in VECTORS.glob("*.sse") if "responses" not in p.name)
@@ -110,10 +110,7 @@ def direct(name: str) -> dict[str, Any]:
 
 
 def settings_for(base_url: str) -> Settings:
-    return Settings(
-        upstreams={"up": {"type": "openai", "base_url": base_url, "api_key": "sk-upstream-secret"}},
-        models={"m": {"upstream": "up", "model": "upstream-model"}},
-    )
+    return upstream_settings(base_url, key="sk-upstream-secret", model="upstream-model")
 
 
 def through(url: str) -> dict[str, Any]:

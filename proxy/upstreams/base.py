@@ -1,9 +1,13 @@
 """The seam between the proxy and a model: one method, ``Upstream.open``.
 
-An upstream turns a validated ``ChatRequest`` into a ``Reply``. ``open`` returns once the
-upstream has answered (for HTTP upstreams: once the response headers are in), raising a
-``ProxyError`` for everything that goes wrong before that; after it returns the proxy commits
-its own response. The caller owns the reply and must ``aclose()`` it, whatever happens.
+An upstream turns a validated ``Call`` into a ``Reply``. ``open`` returns once the upstream
+has answered (for HTTP upstreams: once the response headers are in), raising a ``ProxyError``
+for everything that goes wrong before that; after it returns, the relay decides when its own
+response commits. The caller owns the reply and must ``aclose()`` it, whatever happens.
+
+A reply's items are in the shape of the API the call was made in (``Call.api``): chat
+completion chunks for ``chat``, and so on; translating between APIs is the formats' work
+(``proxy.formats``), never an upstream's.
 """
 
 from __future__ import annotations
@@ -14,14 +18,15 @@ from typing import Any, Protocol
 
 
 @dataclass(slots=True)
-class ChatRequest:
-    """A client's chat request after validation."""
+class Call:
+    """A client's request after validation, in the shape of one API."""
 
+    api: str  # "chat", ...: the API whose request ``body`` is
     body: dict[str, Any]  # the client's JSON body, unknown fields included
     model: str  # the public model name
     stream: bool
-    include_usage: bool
-    request_id: str
+    request_id: str = ""
+    include_usage: bool = False  # chat: stream_options.include_usage
     max_tokens: int | None = None
 
 
@@ -41,9 +46,9 @@ class Route:
 class Reply:
     """An upstream's answer: either one JSON ``completion`` or a stream of ``chunks``.
 
-    ``chunks`` yields decoded chunk dicts as they arrive and raises ``ProxyError`` if the
-    stream breaks. ``aclose`` finishes the generator and releases the upstream connection;
-    it is idempotent.
+    ``chunks`` yields decoded items as they arrive and raises ``ProxyError`` if the stream
+    breaks. ``aclose`` finishes the generator and releases the upstream connection; it is
+    idempotent.
     """
 
     completion: dict[str, Any] | None = None
@@ -58,10 +63,10 @@ class Reply:
 
 
 class Upstream(Protocol):
-    """Anything that can answer a chat request."""
+    """Anything that can answer a call."""
 
-    async def open(self, request: ChatRequest, route: Route) -> Reply:
-        """Send the request; return once the upstream has answered."""
+    async def open(self, call: Call, route: Route) -> Reply:
+        """Send the call; return once the upstream has answered."""
         ...
 
     async def aclose(self) -> None:

@@ -13,11 +13,10 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncGenerator
-from typing import Any
 
-from proxy.chunks import Chunk, new_completion_id
+from proxy.formats.chunks import Chunk, message_text, new_completion_id
 from proxy.settings import EchoUpstream as EchoConfig
-from proxy.upstreams.base import ChatRequest, Reply, Route
+from proxy.upstreams.base import Call, Reply, Route
 
 _WORD = re.compile(r"\s*\S+|\s+$")
 
@@ -27,20 +26,6 @@ def split_pieces(text: str, chunk: str) -> list[str]:
     return list(text) if chunk == "char" else _WORD.findall(text)
 
 
-def message_text(message: Any) -> str:
-    """A message's text, whether ``content`` is a string or a list of content parts."""
-    content = message.get("content") if isinstance(message, dict) else None
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            part.get("text", "")
-            for part in content
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
-    return ""
-
-
 class EchoModel:
     """An ``Upstream`` answering from memory; see the module docstring."""
 
@@ -48,13 +33,13 @@ class EchoModel:
         self.delay = config.delay_ms / 1000
         self.chunk = config.chunk
 
-    async def open(self, request: ChatRequest, route: Route) -> Reply:
-        messages = request.body["messages"]
+    async def open(self, call: Call, route: Route) -> Reply:
+        messages = call.body["messages"]
         users = [m for m in messages if m.get("role") == "user"]
         pieces = split_pieces(message_text(users[-1]) if users else "", self.chunk)
         finish = "stop"
-        if request.max_tokens is not None and len(pieces) > request.max_tokens:
-            pieces, finish = pieces[: request.max_tokens], "length"
+        if call.max_tokens is not None and len(pieces) > call.max_tokens:
+            pieces, finish = pieces[: call.max_tokens], "length"
         prompt_tokens = sum(len(split_pieces(message_text(m), self.chunk)) for m in messages)
         usage = {
             "prompt_tokens": prompt_tokens,

@@ -3,42 +3,52 @@
 Every upstream's chunks pass through one ``StreamNormalizer`` (quirks.md §5.6): ``id``,
 ``object``, ``created`` and ``model`` are filled in and kept constant (Qwen's ``openai_api.py``
 sends none of ``id``/``created``), the public model name replaces the upstream's, ``reasoning``
-is renamed ``reasoning_content``, the first chunk carries ``delta.role``, empty events are
-dropped and in-stream error shapes raise. Chunks are plain dicts from orjson: no per-chunk
-model validation, because the hot path must cost microseconds.
+is renamed ``reasoning_content``, the first chunk carries ``delta.role`` and empty events are
+dropped. Chunks are plain dicts from orjson: no per-chunk model validation, because the hot
+path must cost microseconds; but a shape the proxy cannot use (``choices`` not a list, a
+choice or delta not an object, text that is not a string) raises ``UpstreamError`` rather
+than a ``TypeError`` somewhere later, and usage numbers that are not non-negative integers are
+ignored, never counted. (In-stream error payloads are the upstream adapter's to recognise,
+``upstreams.failures``, where secrets are scrubbed.)
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
 
-from proxy.errors import UpstreamError
+from proxy.errors import UpstreamMalformed, UpstreamTruncated
 
 Chunk = dict[str, Any]
+log = logging.getLogger(__name__)
+_TEXT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal")
 
 
 def new_completion_id() -> str:
     return "chatcmpl-" + os.urandom(16).hex()
 
 
-def upstream_error_message(payload: Any) -> str | None:
-    """The error message if ``payload`` is one of the in-stream error shapes, else None.
+def malformed(what: str) -> UpstreamMalformed:
+    return UpstreamMalformed(f"The upstream sent {what}.")
 
-    Shapes: ``{"error": {...}}`` (OpenAI, vLLM, DashScope), ``{"error": "text"}``, and vLLM's
-    legacy ``{"object": "error", "message": ...}``.
-    """
-    if not isinstance(payload, dict):
+
+def valid_usage(usage: Any) -> dict[str, Any] | None:
+    """``usage`` if its token counts are non-negative integers, else None (and a warning)."""
+    if usage is None:
         return None
-    error = payload.get("error")
-    if error:
-        if isinstance(error, dict):
-            return str(error.get("message") or error.get("msg") or "upstream error")
-        return str(error)
-    if payload.get("object") == "error":
-        return str(payload.get("message") or "upstream error")
+    if isinstance(usage, dict) and all(
+        _count(usage.get(key)) for key in ("prompt_tokens", "completion_tokens", "total_tokens")
+    ):
+        return usage
+    log.warning("ignoring usage from the upstream that is not non-negative integers: %.200r", usage)
     return None
+
+
+def _count(value: Any) -> bool:
+    """Absent, or a non-negative integer (JSON has no separate bool, Python does)."""
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
 
 
 class StreamNormalizer:
@@ -59,12 +69,9 @@ class StreamNormalizer:
         self.texts: list[str] | None = [] if include_usage else None
 
     def normalize(self, chunk: Any) -> Chunk | None:
-        """The chunk to send, or None to drop it. Raises UpstreamError on an error payload."""
+        """The chunk to send, or None to drop it. Raises UpstreamError on an unusable shape."""
         if not isinstance(chunk, dict):
-            raise UpstreamError("the upstream sent a chunk that is not a JSON object")
-        message = upstream_error_message(chunk)
-        if message is not None:
-            raise UpstreamError(message, code="upstream_stream_error")
+            raise malformed("a chunk that is not a JSON object")
         if self.id is None:
             self.id = chunk.get("id") or new_completion_id()
             created = chunk.get("created")
@@ -75,8 +82,12 @@ class StreamNormalizer:
         chunk["model"] = self.model
         choices = chunk.get("choices")
         usage = chunk.get("usage")
-        if usage:
-            self.usage = usage
+        if usage is not None:
+            usage = chunk["usage"] = valid_usage(usage)
+            if usage:
+                self.usage = usage
+        if choices is not None and not isinstance(choices, list):
+            raise malformed("a chunk whose choices are not a list")
         if not choices:
             if not usage or not self.include_usage:
                 return None  # a ping-like empty event, or usage the client did not ask for
@@ -88,10 +99,13 @@ class StreamNormalizer:
 
     def _choice(self, choice: Any) -> None:
         if not isinstance(choice, dict):
-            raise UpstreamError("the upstream sent a malformed choice")
+            raise malformed("a choice that is not an object")
         delta = choice.get("delta")
-        if not isinstance(delta, dict):
+        if delta is None:
             delta = choice["delta"] = {}
+        elif not isinstance(delta, dict):
+            raise malformed("a delta that is not an object")
+        check_message(delta)
         if "reasoning" in delta:  # vLLM >= 0.11, Ollama, OpenRouter
             _rename_reasoning(delta)
         if not self.started:
@@ -109,10 +123,7 @@ class StreamNormalizer:
     def check_complete(self) -> None:
         """At the end of the upstream's stream: raise unless the answer was complete."""
         if not self.finished:
-            raise UpstreamError(
-                "The upstream ended the stream before the answer was complete.",
-                code="upstream_truncated",
-            )
+            raise UpstreamTruncated("The upstream ended the stream before the answer was complete.")
 
     def usage_chunk(self, messages: list[Any]) -> Chunk:
         """The usage chunk for a client that asked for one when the upstream sent none:
@@ -134,14 +145,23 @@ def estimate_tokens(text: str) -> int:
     return wide + -(-(len(text) - wide) // 4)
 
 
+def message_text(message: Any) -> str:
+    """A message's text, whether ``content`` is a string or a list of content parts (the one
+    way the proxy flattens content: the echo model, Qwen's adapter and usage estimates)."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
 def estimate_usage(messages: list[Any], texts: list[str]) -> dict[str, Any]:
-    prompt = sum(
-        estimate_tokens(message["content"])
-        if isinstance(message.get("content"), str)
-        else estimate_tokens(str(message.get("content") or ""))
-        for message in messages
-        if isinstance(message, dict)
-    )
+    prompt = sum(estimate_tokens(message_text(message)) for message in messages)
     completion = estimate_tokens("".join(texts))
     return {
         "prompt_tokens": prompt,
@@ -151,22 +171,40 @@ def estimate_usage(messages: list[Any], texts: list[str]) -> dict[str, Any]:
     }
 
 
+def check_message(message: dict[str, Any]) -> None:
+    """Raise unless a delta's or message's text fields are strings and its tool calls a list
+    of objects (what the aggregator and every client rely on)."""
+    if len(message) == 1 and type(message.get("content")) is str:
+        return  # nearly every chunk of a stream: {"content": "..."}
+    for key in _TEXT_FIELDS:
+        value = message.get(key)
+        if value is not None and not isinstance(value, str):
+            raise malformed(f"a {key} that is not a string")
+    calls = message.get("tool_calls")
+    if calls is not None and (
+        not isinstance(calls, list) or not all(isinstance(call, dict) for call in calls)
+    ):
+        raise malformed("tool_calls that are not a list of objects")
+
+
 def normalize_completion(completion: Any, public_model: str) -> Chunk:
     """A non-stream answer, shaped like OpenAI's ``chat.completion``."""
-    message = upstream_error_message(completion)
-    if message is not None:
-        raise UpstreamError(message, code="upstream_error")
     if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
-        raise UpstreamError("the upstream answered JSON that is not a chat completion")
+        raise malformed("JSON that is not a chat completion")
+    if "usage" in completion:
+        completion["usage"] = valid_usage(completion["usage"])
     completion["id"] = completion.get("id") or new_completion_id()
     completion["object"] = "chat.completion"
     if not isinstance(completion.get("created"), int):
         completion["created"] = int(time.time())
     completion["model"] = public_model
     for choice in completion["choices"]:
-        message_obj = choice.get("message") if isinstance(choice, dict) else None
-        if isinstance(message_obj, dict) and "reasoning" in message_obj:
-            _rename_reasoning(message_obj)
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            raise malformed("a choice without a message object")
+        check_message(message)
+        if "reasoning" in message:
+            _rename_reasoning(message)
     return completion
 
 

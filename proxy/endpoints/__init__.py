@@ -1,0 +1,13 @@
+"""The API endpoints: each a module with one ``Endpoint`` subclass, listed in ``ENDPOINTS``.
+
+A new endpoint is one module and one line here; ``proxy.app`` routes and documents them all.
+"""
+
+from __future__ import annotations
+
+from proxy.endpoints.base import Endpoint
+from proxy.endpoints.chat import ChatCompletions
+
+ENDPOINTS: tuple[type[Endpoint], ...] = (ChatCompletions,)
+
+__all__ = ["ENDPOINTS", "Endpoint"]

@@ -1,0 +1,36 @@
+"""The request bodies as ``/openapi.json`` documents them.
+
+Documentation only: the endpoints validate by hand (``endpoints.validate``) so that each error
+names its param the way OpenAI does, and forward unknown fields untouched (``extra="allow"``
+here says so).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ChatMessage(_Open):
+    role: Literal["system", "user", "assistant", "tool", "function", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(_Open):
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(_Open):
+    """OpenAI's chat completions request; every other field is forwarded as sent."""
+
+    model: str = Field(description="A public model name (GET /v1/models)")
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool | None = Field(None, description="true: Server-Sent Events, chunk by chunk")
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)

@@ -1,0 +1,50 @@
+"""The small routes: the model list, health, readiness, metrics and the playground page."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from proxy.services import Services
+
+
+def service_routes(services: Services) -> APIRouter:
+    router = APIRouter()
+    playground = files("proxy.tools").joinpath("playground.html").read_text(encoding="utf-8")
+    settings = services.settings
+
+    @router.get("/", include_in_schema=False)
+    async def index() -> Response:
+        # The page calls the API itself, with the key typed into it when api_keys is set.
+        return HTMLResponse(playground)
+
+    @router.get("/v1/models", summary="List the public models")
+    async def models(request: Request) -> Response:
+        services.auth.check(request.scope)
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": route.upstream}
+            for name, route in settings.models.items()
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    @router.get("/healthz", summary="The process is alive")
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @router.get("/readyz", summary="Ready to serve (503 while starting or draining)")
+    async def readyz(request: Request) -> Response:
+        if request.app.state.ready and not services.drain.draining:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "not ready"}, status_code=503)
+
+    metrics = services.metrics
+    if metrics is not None:
+
+        @router.get("/metrics", summary="Prometheus metrics")
+        async def metrics_endpoint() -> Response:
+            body, content_type = metrics.render()
+            return Response(body, media_type=content_type)
+
+    return router

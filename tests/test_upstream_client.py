@@ -1,0 +1,276 @@
+"""The upstream HTTP client (``proxy.upstreams.http`` over ``proxy.upstreams.wire``: aiohttp),
+against fake servers on real sockets: body framings, pieces handed over as they arrive,
+keep-alive reuse and expiry, closing an unread body, the pool limit, timeouts, broken
+servers, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trustme
+
+from proxy.errors import ProxyError
+from proxy.secrets import Scrubber
+from proxy.settings import HTTPUpstream, Pool
+from proxy.upstreams.http import HTTPClient
+from proxy.upstreams.wire import AiohttpWire
+from tests.fake_upstream import Recorded, Reply, serve_fake
+from tests.helpers import free_port
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def client_for(
+    url: str,
+    pool: dict[str, Any] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    **timeouts: float,
+) -> AsyncIterator[HTTPClient]:
+    wire = AiohttpWire(Pool(**(pool or {})), ssl_context)
+    config = HTTPUpstream(type="openai", base_url=url, timeouts=timeouts)
+    try:
+        yield HTTPClient("up", config, wire, Scrubber())
+    finally:
+        await wire.aclose()
+
+
+async def fetch(url: str, **timeouts: float) -> bytes:
+    async with client_for(url, **timeouts) as http:
+        response = await http.post(http.url("/x"), b'{"x":1}')
+        try:
+            return await http.read(response)
+        finally:
+            await response.aclose()
+
+
+def data(event: Any) -> bytes:
+    return bytes(event.data)
+
+
+async def chunked(request: Recorded, reply: Reply) -> None:
+    await reply.start(200, {"content-type": "text/plain"})
+    for part in (b"one ", b"two ", b"three"):
+        await reply.send(part)
+        await asyncio.sleep(0.01)
+    await reply.end()
+
+
+async def length(request: Recorded, reply: Reply) -> None:
+    await reply.json(200, {"ok": True, "echo": request.body.decode()})
+
+
+async def until_close(request: Recorded, reply: Reply) -> None:
+    reply.writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n")
+    for part in (b"a", b"b", b"c"):
+        reply.writer.write(part)
+        await reply.writer.drain()
+        await asyncio.sleep(0.01)
+    reply.writer.close()
+
+
+@pytest.mark.parametrize(
+    ("handler", "expected"),
+    [
+        (chunked, b"one two three"),
+        (length, b'{"ok": true, "echo": "{\\"x\\":1}"}'),
+        (until_close, b"abc"),
+    ],
+    ids=["chunked", "content-length", "close-delimited"],
+)
+def test_body_framings(handler: Any, expected: bytes) -> None:
+    with serve_fake(handler) as fake:
+        assert run(fetch(fake.url)) == expected
+    assert fake.requests[0].headers["content-length"] == "7"
+    assert fake.requests[0].path == "/v1/x"
+    assert fake.requests[0].headers["accept-encoding"] == "identity"
+
+
+def test_events_are_handed_over_as_they_arrive() -> None:
+    async def paced(request: Recorded, reply: Reply) -> None:
+        await reply.start()
+        for n in range(4):
+            await reply.send(f"data: {n}\n\n".encode())
+            await asyncio.sleep(0.2)
+        await reply.end()
+
+    async def go(url: str) -> list[float]:
+        async with client_for(url) as http:
+            response = await http.post(http.url("/x"), b"{}")
+            started = time.monotonic()
+            times = [time.monotonic() - started async for _ in http.events(response, data)]
+            await response.aclose()
+            return times
+
+    with serve_fake(paced) as fake:
+        times = run(go(fake.url))
+    assert len(times) == 4
+    assert times[0] < 0.1 and times[-1] > 0.5  # each as it came, not all at the end
+
+
+def test_keep_alive_reuses_one_connection_and_expires() -> None:
+    async def go(url: str, pause: float) -> None:
+        async with client_for(url, pool={"keepalive_expiry": 0.3}) as http:
+            for _ in range(3):
+                response = await http.post(http.url("/x"), b"{}")
+                await http.read(response)
+                await response.aclose()
+                await asyncio.sleep(pause)
+
+    for pause, connections in ((0.0, 1), (0.6, 3)):
+        with serve_fake(length) as fake:
+            run(go(fake.url, pause))
+            assert len(fake.requests) == 3
+            assert fake.connections == connections, pause
+
+
+def test_unread_body_closes_the_connection() -> None:
+    async def endless(request: Recorded, reply: Reply) -> None:
+        await reply.start()
+        while not reply.peer_closed.is_set():
+            await reply.send(b"data: x\n\n")
+            await asyncio.sleep(0.01)
+
+    async def go(url: str) -> None:
+        async with client_for(url) as http:
+            response = await http.post(http.url("/x"), b"{}")
+            async for _ in http.events(response, data):
+                break  # walk away mid-body
+            await response.aclose()
+
+    with serve_fake(endless) as fake:
+        run(go(fake.url))
+        deadline = time.monotonic() + 3
+        while not fake.closed_at and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fake.closed_at
+
+
+def test_pool_limit() -> None:
+    async def go(url: str) -> None:
+        async with client_for(url, pool={"max_connections": 1}, connect=0.3) as http:
+            held = await http.post(http.url("/x"), b"{}")
+            with pytest.raises(ProxyError) as caught:
+                await http.post(http.url("/x"), b"{}")
+            assert caught.value.code == "upstream_unreachable"
+            await held.aclose()  # released: the next one gets a connection
+            response = await http.post(http.url("/x"), b"{}")
+            assert await http.read(response) == b"{}"
+            await response.aclose()
+
+    async def answers(request: Recorded, reply: Reply) -> None:
+        if len(fake.requests) == 1:  # the first holds its connection: a body that goes on
+            await reply.start()
+            await reply.until_closed(10)
+        else:
+            await reply.json(200, {})
+
+    with serve_fake(answers) as fake:
+        run(go(fake.url))
+
+
+def test_idle_and_first_byte_timeouts() -> None:
+    async def headers_then_silence(request: Recorded, reply: Reply) -> None:
+        await reply.start()
+        await reply.until_closed(10)
+
+    async def silence(request: Recorded, reply: Reply) -> None:
+        await reply.until_closed(10)
+
+    async def body(url: str) -> tuple[str | None, float]:
+        async with client_for(url, first_byte=5, idle=0.3) as http:
+            response = await http.post(http.url("/x"), b"{}")
+            started = time.monotonic()
+            with pytest.raises(ProxyError) as caught:
+                async for _ in http.events(response, data):
+                    pass
+            await response.aclose()
+            return caught.value.code, time.monotonic() - started
+
+    async def head(url: str) -> tuple[str | None, float]:
+        async with client_for(url, first_byte=0.3, idle=5) as http:
+            started = time.monotonic()
+            with pytest.raises(ProxyError) as caught:
+                await http.post(http.url("/x"), b"{}")
+            return caught.value.code, time.monotonic() - started
+
+    with serve_fake(headers_then_silence) as fake:
+        code, took = run(body(fake.url))
+        assert code == "upstream_idle_timeout" and 0.25 < took < 2
+    with serve_fake(silence) as fake:
+        code, took = run(head(fake.url))
+        assert code == "upstream_timeout" and 0.25 < took < 2
+
+
+async def garbage(request: Recorded, reply: Reply) -> None:
+    reply.writer.write(b"SSH-2.0-nope\r\n\r\n")
+    reply.writer.close()
+
+
+async def close_before_headers(request: Recorded, reply: Reply) -> None:
+    reply.writer.close()
+
+
+async def close_mid_body(request: Recorded, reply: Reply) -> None:
+    await reply.start()
+    await reply.send(b"data: x\n\n")
+    reply.writer.close()
+
+
+@pytest.mark.parametrize(
+    ("handler", "code"),
+    [
+        (garbage, "upstream_malformed"),
+        (close_before_headers, "upstream_connection_error"),
+        (close_mid_body, "upstream_connection_error"),
+    ],
+    ids=["garbage", "close-before-headers", "close-mid-body"],
+)
+def test_broken_servers(handler: Callable[..., Any], code: str) -> None:
+    with serve_fake(handler) as fake, pytest.raises(ProxyError) as caught:
+        run(fetch(fake.url))
+    assert caught.value.code == code
+
+
+def test_refused_connection() -> None:
+    with pytest.raises(ProxyError) as caught:
+        run(fetch(f"http://127.0.0.1:{free_port()}/v1"))
+    assert caught.value.code == "upstream_unreachable"
+
+
+def test_tls() -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+
+    async def go() -> bytes:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecure")
+            await writer.drain()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_context)
+        url = f"https://localhost:{server.sockets[0].getsockname()[1]}/v1"
+        async with server:
+            async with client_for(url, ssl_context=trusting) as http:
+                response = await http.post(http.url("/x"), b"{}")
+                body = await http.read(response)
+                await response.aclose()
+            with pytest.raises(ProxyError) as caught:  # an untrusted certificate is refused
+                await fetch(url)
+            assert caught.value.code == "upstream_unreachable"
+            return body
+
+    assert run(go()) == b"secure"
