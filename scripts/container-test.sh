@@ -177,8 +177,11 @@ nginx_image=$base_ref
 say "container runtime"
 if podman run --rm --network none --label "$label" "$python_base" true 2>"$work/runtime.log"; then
   echo "    podman run works with $(podman info --format '{{.Host.OCIRuntime.Name}}')"
-elif grep -q -i 'rlimit' "$work/runtime.log"; then
-  echo "    podman run fails here: $(grep -o -i 'error setting rlimit[^:]*: [^:]*: [a-z ]*' "$work/runtime.log" | head -1)"
+else
+  # Seen here: "error setting rlimit type 7: operation not permitted" (runc), and crun
+  # rejecting the machine's hybrid cgroups.
+  echo "    podman run fails here with $(podman info --format '{{.Host.OCIRuntime.Name}}'):"
+  grep -i error "$work/runtime.log" | head -3 | cut -c1-200 | sed 's/^/      /'
   wrapper="$work/runc-no-rlimits"
   cat >"$wrapper" <<EOF
 #!/bin/sh
@@ -208,12 +211,11 @@ EOF
   printf '[engine]\nruntime = "runc-no-rlimits"\n[engine.runtimes]\nrunc-no-rlimits = ["%s"]\n' \
     "$wrapper" >"$work/containers.conf"
   export CONTAINERS_CONF="$work/containers.conf" # podman, podman-compose and the tests use it
-  podman run --rm --network none --label "$label" "$python_base" true \
-    || fail "podman run fails through the runtime wrapper too"
+  if ! podman run --rm --network none --label "$label" "$python_base" true 2>"$work/runtime.log"; then
+    cat "$work/runtime.log"
+    fail "podman run fails through the runtime wrapper too"
+  fi
   differs "runtime: runc through a wrapper that drops process.rlimits (setrlimit is denied here): containers inherit this machine's limits (open files: $(ulimit -n)), not podman's defaults"
-else
-  cat "$work/runtime.log"
-  fail "podman run does not work here"
 fi
 differs "healthchecks: no systemd timers here; the tests run the image's HEALTHCHECK with podman healthcheck run"
 
