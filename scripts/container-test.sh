@@ -19,8 +19,9 @@
 #  - the build: --isolation chroot, --network host and this machine's CA bundle mounted into
 #    the build steps (pip reaches the package index through a TLS-inspecting proxy here; the
 #    bundle is not copied into the image); --format docker, which keeps the HEALTHCHECK;
-#  - the runtime: where containers may not set resource limits (setrlimit is denied), runc is
-#    called through a wrapper that drops process.rlimits from the OCI spec;
+#  - the runtime: where the runtime may not set the resource limits podman asks for (here
+#    setrlimit of podman's defaults, e.g. 1048576 open files, is denied), runc is called
+#    through a wrapper that drops process.rlimits from the OCI spec;
 #  - healthchecks: podman runs them on `podman healthcheck run` (no systemd timers here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -185,7 +186,7 @@ else
   wrapper="$work/runc-no-rlimits"
   cat >"$wrapper" <<EOF
 #!/bin/sh
-# runc, minus process.rlimits in the OCI spec: this machine denies setrlimit to containers.
+# runc, minus process.rlimits in the OCI spec: this machine denies setting podman's limits.
 bundle="" process="" prev=""
 for arg in "\$@"; do
   case "\$prev" in --bundle|-b) bundle=\$arg ;; --process|-p) process=\$arg ;; esac
@@ -215,7 +216,7 @@ EOF
     cat "$work/runtime.log"
     fail "podman run fails through the runtime wrapper too"
   fi
-  differs "runtime: runc through a wrapper that drops process.rlimits (setrlimit is denied here): containers inherit this machine's limits (open files: $(ulimit -n)), not podman's defaults"
+  differs "runtime: runc through a wrapper that drops process.rlimits (setting podman's default limits is denied here): containers inherit this machine's limits (open files: $(ulimit -n)), not podman's defaults"
 fi
 differs "healthchecks: no systemd timers here; the tests run the image's HEALTHCHECK with podman healthcheck run"
 
