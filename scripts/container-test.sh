@@ -100,6 +100,7 @@ cleanup() {
   exit "$status"
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM # the EXIT trap then cleans up
 
 # --- base images: the official ones, or stand-ins from Debian's packages ----------------------
 if ! mkdir -p "$cache" 2>/dev/null || [ ! -w "$cache" ]; then
