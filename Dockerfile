@@ -15,12 +15,12 @@ COPY pyproject.toml README.md ./
 RUN mkdir proxy && touch proxy/__init__.py \
     && pip install . \
     && pip uninstall --yes chat-stream-proxy \
-    && rm -rf proxy build
+    && rm -rf proxy build ./*.egg-info
 
 COPY proxy ./proxy
 # Debian already has a system user named "proxy" (uid 13): ours is chat-stream-proxy.
 RUN pip install --no-deps . \
-    && rm -rf build \
+    && rm -rf build ./*.egg-info \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin chat-stream-proxy
 
 # The default config serves the echo model; mount your own over it, or set PROXY_CONFIG.
