@@ -135,7 +135,7 @@ async def user(
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "model": "bench",
+        "model": args.model,
         "messages": [{"role": "user", "content": "hello"}],
         "stream": args.mode == "stream",
         "bench_chunks": args.chunks,
@@ -191,6 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
     parser.add_argument("--mode", choices=["stream", "json"], default="stream")
+    parser.add_argument("--model", default="bench")
     parser.add_argument("--users", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--chunks", type=int, default=20)

@@ -217,8 +217,12 @@ def main() -> int:
             "keepalive_seconds: 15\n"
             f"metrics: {'false' if args.no_metrics else 'true'}\n"
             f"pool: {{max_connections: 20000, transport: {args.transport}}}\n"
-            f"upstreams: {{up: {{type: openai, base_url: 'http://127.0.0.1:{up_port}/v1'}}}}\n"
-            "models: {bench: {upstream: up}}\n"
+            f"upstreams: {{up: {{type: openai, base_url: 'http://127.0.0.1:{up_port}/v1'}},\n"
+            f"  dead: {{type: openai, base_url: 'http://127.0.0.1:{free_port()}/v1'}}}}\n"
+            # failover: a primary that refuses every connection, then the healthy upstream;
+            # one attempt each and no breaker, so every request pays the failed attempt.
+            "models: {bench: {upstream: up}, failover: {upstream: dead, fallbacks: [bench]}}\n"
+            "routing: {retries: 0, cooldown: {failures: 1000000000}}\n"
         )
         upstream_cmd = pinned(
             1, [sys.executable, str(HERE / "upstream.py"), "--port", str(up_port)]
@@ -281,6 +285,11 @@ def main() -> int:
                     long = load(proxied, mode="stream", users=users, seconds=seconds, chunks=100)
                     per_long = (stats.cpu() - before) / max(1, long["ok"])
                     cpu_chunk = (per_long - cpu / p["ok"]) / 80
+
+            # A failover's cost: time to first token with the primary failing fast (refused).
+            d = load(direct, mode="stream", users=1, seconds=seconds)
+            p = load(proxied, mode="stream", users=1, seconds=seconds, model="failover")
+            table.percentiles("failover c=1 (primary refused): TTFT", d["ttft"], p["ttft"])
 
             cpu_note = f"{cpu_request * 1e6:.0f} us"
             table.note("proxy CPU per request (non-stream c=16)", cpu_note)

@@ -12,6 +12,7 @@ failure it is and whether another attempt may help.
     ├── PayloadTooLarge             413
     ├── RateLimited                 429 rate_limit_exceeded (a key's limits)
     ├── ServiceUnavailable          503 (shutting down; the limits backend is down)
+    ├── ModelUnavailable            503 model_unavailable (every deployment rests)
     └── UpstreamError               502; ``kind`` says which failure, ``retry`` what may help
         ├── UpstreamUnreachable     502 upstream_unreachable        connect         retry
         ├── UpstreamConnectionError 502 upstream_connection_error   reset           retry
@@ -209,6 +210,19 @@ class ServiceUnavailable(ProxyError):
     @property
     def outcome(self) -> Outcome:
         return Outcome.SHUTDOWN
+
+
+class ModelUnavailable(ProxyError):
+    """No deployment of the model (nor of its fallbacks) may take an attempt: every one rests
+    behind its circuit breaker."""
+
+    status = 503
+    type = "server_error"
+    code = "model_unavailable"
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome.UPSTREAM
 
 
 class UpstreamError(ProxyError):

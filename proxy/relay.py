@@ -1,19 +1,22 @@
 """The relay: the one loop that takes an upstream's answer to a client, for every endpoint.
 
-An endpoint parses its request and hands the relay a ``Call``, its ``Route`` and the API's
-format (``proxy.formats``); the relay does the rest, the same way for every API:
+An endpoint parses its request and hands the relay a ``Call``, its routing ``Plan`` and the
+API's format (``proxy.formats``); the relay does the rest, the same way for every API:
 
 - a ``Watchdog`` watches the request: the client going away, a client that stopped reading,
   the request's deadline, a shutdown (``proxy.watchdog``), and pings a silent stream;
-- ``open`` the upstream; before anything was sent, a failure is an HTTP error in the API's
-  shape; then either
-- **stream**: SSE headers, then each upstream item the moment it arrives, through the
+- the plan's attempts run until one succeeds: for a stream, until its first item carrying
+  part of the answer (the commit; within the deployment's ``first_token``); for a non-stream
+  answer, until it is complete. Until then every failure may be retried or fallen over
+  (``proxy.routing``), invisibly to the client, who has seen at most the response headers
+  and pings: the headers wait for the commit, or ``keepalive_seconds`` of waiting, whichever
+  comes first (README "Routing": why);
+- **stream**: the committed frames, then each item the moment it arrives, through the
   format's ``feed``, as its own ASGI message (uvicorn writes one HTTP chunk for each: nothing
   here may batch or delay a write); at the end the format's tail (``[DONE]``...), or after a
-  failure the format's error event and no completion marker; or
+  failure the format's error event and no completion marker, never a replay;
 - **complete**: the format's one JSON answer;
-- and the access record (time to first token, chunks, tokens, outcome) and the stream
-  metrics (gaps, streams in flight) are kept on the way.
+- the access record (time to first token, chunks, tokens, attempts, outcome) and the metrics.
 
 Every way a request can end maps to one ``Outcome`` in one place (``_ending``).
 """
@@ -21,23 +24,31 @@ Every way a request can end maps to one ``Outcome`` in one place (``_ending``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from typing import Any, Protocol
 
 import orjson
 
 from proxy.asgi import SSE_HEADERS, Receive, Send, send_json
-from proxy.errors import Outcome, ProxyError, ServiceUnavailable, UpstreamDeadline
+from proxy.errors import (
+    FirstTokenTimeout,
+    Outcome,
+    ProxyError,
+    ServiceUnavailable,
+    UpstreamDeadline,
+)
 from proxy.observability.access import Access
 from proxy.observability.metrics import Metrics
+from proxy.routing import Attempt, Plan
 from proxy.shutdown import Drain
-from proxy.upstreams.base import Call, Reply, Route
+from proxy.upstreams.base import Call, Reply
 from proxy.watchdog import Watchdog
 
 
 class StreamFormat(Protocol):
-    """One streamed answer in a client API's wire format. One instance per request."""
+    """One streamed answer in a client API's wire format. One instance per attempt."""
 
-    ping: bytes  # what keeps a silent stream alive (an SSE comment, or the API's own event)
     committed: bool  # an item carrying part of the answer has been fed
 
     def feed(self, item: Any) -> bytes | None:
@@ -61,6 +72,8 @@ class StreamFormat(Protocol):
 class Format(Protocol):
     """A client API's shapes (``formats.chat.ChatFormat``...)."""
 
+    ping: bytes  # what keeps a silent stream alive (an SSE comment, or the API's own event)
+
     def stream(self, call: Call) -> StreamFormat: ...
 
     def items(self, call: Call, reply: Reply) -> Any:
@@ -74,6 +87,18 @@ class Format(Protocol):
 
 
 SHUTTING_DOWN = "The proxy is shutting down and ended this stream before it was complete; retry."
+
+
+@dataclasses.dataclass(slots=True)
+class _Committed:
+    """A stream attempt that committed: what to write first, and what follows."""
+
+    attempt: Attempt
+    reply: Reply
+    stream: StreamFormat
+    items: Any
+    held: list[bytes]  # frames produced up to and including the commit
+    tail: bytes | None  # the stream's end, when the upstream ended before it committed
 
 
 class Relay:
@@ -95,81 +120,162 @@ class Relay:
     async def serve(
         self,
         call: Call,
-        route: Route,
+        plan: Plan,
+        deadline: float | None,
         api: Format,
         receive: Receive,
         send: Send,
         access: Access,
     ) -> None:
-        access.model, access.upstream, access.stream = call.model, route.upstream_name, call.stream
-        stream = api.stream(call) if call.stream else None
-        ping = stream.ping if stream is not None else b""
-        watchdog = Watchdog(receive, send, self.keepalive, self.send_timeout, route.deadline, ping)
+        access.model, access.stream = call.model, call.stream
+        watchdog = Watchdog(receive, send, self.keepalive, self.send_timeout, deadline, api.ping)
         watchdog.start()
         self.drain.track(watchdog)
-        reply: Reply | None = None
         try:
-            reply = await route.upstream.open(call, route)
-            if stream is not None:
-                items = api.items(call, reply)  # may still fail as an HTTP error
-                await self._stream(items, stream, route, send, watchdog, access)
+            if call.stream:
+                await self._stream(call, plan, api, send, watchdog, access)
             else:
-                completion = await api.complete(call, reply)
+                await self._complete(call, plan, api, send, watchdog, access)
+        finally:
+            self.drain.untrack(watchdog)
+            watchdog.stop()
+            access.routed(plan)
+
+    async def _complete(
+        self, call: Call, plan: Plan, api: Format, send: Send, watchdog: Watchdog, access: Access
+    ) -> None:
+        attempt: Attempt | None = None
+        try:
+            async for attempt in plan:
+                answering = _as(call, attempt)
+                reply: Reply | None = None
+                try:
+                    reply = await attempt.route.upstream.open(answering, attempt.route)
+                    completion = await api.complete(answering, reply)
+                except ProxyError as error:
+                    plan.failed(attempt, error)
+                    continue
+                finally:
+                    if reply is not None:
+                        await reply.aclose()
+                plan.succeeded(attempt)
+                access.answered(attempt)
                 access.count_tokens(completion.get("usage"))
-                await send_json(send, 200, orjson.dumps(completion))
-        except ProxyError as error:  # before anything was sent: an HTTP error
+                headers = _served(plan, attempt)
+                await _last(send, watchdog, orjson.dumps(completion), 200, headers)
+                return
+        except ProxyError as error:  # every attempt failed: the last error, as HTTP
             access.end(error.outcome, error.kind)
             await _last(send, watchdog, api.error_body(error), error.status, error.headers)
         except asyncio.CancelledError:
             if watchdog.reason is None:  # not ours: the server's
                 raise
             _uncancel()
-            ending = _ending(watchdog, route, access)
+            ending = _ending(watchdog, watchdog.deadline_seconds, access)
             if ending is not None:  # the client can still be told, as an HTTP error
                 await _last(send, watchdog, api.error_body(ending), ending.status)
         finally:
-            self.drain.untrack(watchdog)
-            watchdog.stop()
-            if reply is not None:
-                await reply.aclose()
+            if attempt is not None:
+                attempt.release()
 
     async def _stream(
-        self,
-        items: Any,
-        stream: StreamFormat,
-        route: Route,
-        send: Send,
-        watchdog: Watchdog,
-        access: Access,
+        self, call: Call, plan: Plan, api: Format, send: Send, watchdog: Watchdog, access: Access
     ) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        last = watchdog.start_keepalive()
+        start = {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS}
+        watchdog.start_keepalive(headers=start)  # the headers wait for the commit (or a ping)
+        committed: _Committed | None = None
+        try:
+            committed = await self._commit(call, plan, api, watchdog)
+            access.answered(committed.attempt)
+            headers = [*SSE_HEADERS, *_header_pairs(_served(plan, committed.attempt))]
+            await watchdog.send_headers({**start, "headers": headers})
+            await self._write(committed, send, watchdog, access)
+        except ProxyError as error:  # nothing committed: every attempt failed
+            access.end(error.outcome, error.kind)
+            await watchdog.stop_keepalive()
+            if watchdog.headers_sent:  # a ping went out: the error event, as after a commit
+                await _last(send, watchdog, api.stream(call).error(error))
+            else:
+                await _last(send, watchdog, api.error_body(error), error.status, error.headers)
+        except asyncio.CancelledError:
+            if watchdog.reason is None:
+                raise
+            _uncancel()
+            ending = _ending(watchdog, watchdog.deadline_seconds, access)
+            if ending is not None and committed is None and not watchdog.headers_sent:
+                await _last(send, watchdog, api.error_body(ending), ending.status)
+            elif ending is not None and committed is None:
+                await _last(send, watchdog, api.stream(call).error(ending))
+        finally:
+            if committed is not None:
+                committed.attempt.release()
+                await committed.reply.aclose()
+
+    async def _commit(self, call: Call, plan: Plan, api: Format, watchdog: Watchdog) -> _Committed:
+        """Run the plan's attempts until one commits (its first item carrying part of the
+        answer); raise the last error if none does."""
+        async for attempt in plan:
+            answering = _as(call, attempt)
+            stream = api.stream(answering)
+            reply: Reply | None = None
+            try:
+                reply = await attempt.route.upstream.open(answering, attempt.route)
+                items = api.items(answering, reply)
+                held, tail = await _until_commit(items, stream, attempt)
+            except ProxyError as error:
+                if reply is not None:
+                    await reply.aclose()
+                plan.failed(attempt, error)
+                continue
+            except BaseException:
+                if reply is not None:
+                    await reply.aclose()
+                attempt.release()
+                raise
+            plan.succeeded(attempt, time.monotonic() - attempt.started)
+            return _Committed(attempt, reply, stream, items, held, tail)
+        raise AssertionError("a plan ends by raising")  # pragma: no cover
+
+    async def _write(
+        self, committed: _Committed, send: Send, watchdog: Watchdog, access: Access
+    ) -> None:
+        """The committed frames, then the rest of the stream as it arrives, then its end."""
+        stream = committed.stream
         gaps = in_flight = None
         if self.metrics is not None:
             gaps, in_flight = self.metrics.stream_started(access)
-        count = 0
+        last, count = 0.0, 0
         try:
-            async for item in items:
-                frames = stream.feed(item)
-                if frames is not None:
-                    await send({"type": "http.response.body", "body": frames, "more_body": True})
-                    now = watchdog.wrote()
-                    if count and gaps is not None:
-                        gaps.observe(now - last)
-                    last = now
-                    count += 1
-                    if access.ttft is None and stream.committed:
-                        access.ttft = now - access.started
-            tail = stream.end()
+            for held in committed.held:  # written back to back: the commit's burst
+                await send({"type": "http.response.body", "body": held, "more_body": True})
+                now = watchdog.wrote()
+                if count and gaps is not None:
+                    gaps.observe(now - last)
+                last = now
+                count += 1
+            access.ttft = last - access.started
+            if committed.tail is None:
+                async for item in committed.items:
+                    frames = stream.feed(item)
+                    if frames is not None:
+                        await send(
+                            {"type": "http.response.body", "body": frames, "more_body": True}
+                        )
+                        now = watchdog.wrote()
+                        if gaps is not None:
+                            gaps.observe(now - last)
+                        last = now
+                        count += 1
+            tail = stream.end() if committed.tail is None else committed.tail
             access.count_tokens(stream.usage)
-        except ProxyError as error:  # after the headers: an error event, no completion marker
+        except ProxyError as error:  # after the commit: an error event, no completion marker
             access.end(error.outcome, error.kind)
             tail = stream.error(error)
         except asyncio.CancelledError:
             if watchdog.reason is None:
                 raise
             _uncancel()
-            ending = _ending(watchdog, route, access)
+            ending = _ending(watchdog, watchdog.deadline_seconds, access)
             if ending is None:  # the client is gone or stuck: nothing more can reach it
                 return
             tail = stream.error(ending)
@@ -177,11 +283,53 @@ class Relay:
             access.chunks = count
             if in_flight is not None:
                 in_flight.dec()
-        watchdog.stop_keepalive()
+        await watchdog.stop_keepalive()
         await _last(send, watchdog, tail)
 
 
-def _ending(watchdog: Watchdog, route: Route, access: Access) -> ProxyError | None:
+async def _until_commit(
+    items: Any, stream: StreamFormat, attempt: Attempt
+) -> tuple[list[bytes], bytes | None]:
+    """Frames up to the first one carrying part of the answer (held back until then), within
+    the deployment's ``first_token`` (counted from the attempt's start); and the stream's
+    tail if the upstream ended first (complete, or this raises)."""
+    held: list[bytes] = []
+    limit = attempt.deployment.first_token
+    remaining = None if limit is None else limit - (time.monotonic() - attempt.started)
+    try:
+        async with asyncio.timeout(remaining):
+            async for item in items:
+                frames = stream.feed(item)
+                if frames is not None:
+                    held.append(frames)
+                    if stream.committed:
+                        return held, None
+    except TimeoutError:
+        raise FirstTokenTimeout(
+            f"The upstream '{attempt.route.upstream_name}' sent no content within {limit:g} s."
+        ) from None
+    return held, stream.end()  # raises if the answer is incomplete: not committed
+
+
+def _as(call: Call, attempt: Attempt) -> Call:
+    """The call as the attempt answers it: a fallback answers under its own public name."""
+    return call if attempt.model == call.model else dataclasses.replace(call, model=attempt.model)
+
+
+def _served(plan: Plan, attempt: Attempt) -> dict[str, str]:
+    """How the answer was served, in response headers (README "Routing")."""
+    return {
+        "x-proxy-attempts": str(len(plan.attempts)),
+        "x-proxy-model": attempt.model,
+        "x-proxy-deployment": attempt.deployment.name,
+    }
+
+
+def _header_pairs(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(name.encode(), value.encode()) for name, value in headers.items()]
+
+
+def _ending(watchdog: Watchdog, deadline: float | None, access: Access) -> ProxyError | None:
     """Why the watchdog cancelled the request -> its outcome, and the error the client can
     still be told (None: nothing more can reach it)."""
     reason = watchdog.reason
@@ -191,7 +339,7 @@ def _ending(watchdog: Watchdog, route: Route, access: Access) -> ProxyError | No
         access.end(Outcome.SHUTDOWN)
         return ServiceUnavailable(SHUTTING_DOWN)
     if reason == "deadline":
-        limit = f" ({route.deadline:g} s)" if route.deadline else ""
+        limit = f" ({deadline:g} s)" if deadline else ""
         error = UpstreamDeadline(f"The upstream's answer took longer than the proxy allows{limit}.")
         access.end(Outcome.UPSTREAM, error.kind)
         return error

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 import httpx
 
 from proxy.auth import Authenticator
-from proxy.errors import ModelNotFound
 from proxy.observability.metrics import Metrics
 from proxy.relay import Relay
+from proxy.routing import Router
 from proxy.secrets import Scrubber, credential_headers
 from proxy.settings import HTTPUpstream, Settings
 from proxy.shutdown import Drain
-from proxy.upstreams import build_routes
-from proxy.upstreams.base import Route, Upstream
+from proxy.upstreams import build_upstreams
+from proxy.upstreams.base import Upstream
 from proxy.upstreams.wire import SharedWire
 
 
@@ -27,8 +27,8 @@ class Services:
     scrubber: Scrubber
     wire: SharedWire
     relay: Relay
-    upstreams: list[Upstream]
-    routes: dict[str, Route]
+    upstreams: dict[str, Upstream]
+    router: Router
 
     @classmethod
     def build(
@@ -38,7 +38,8 @@ class Services:
         metrics = Metrics() if settings.metrics else None
         scrubber = Scrubber(_secrets(settings))
         wire = SharedWire(settings.pool, transport)  # opened by the app's lifespan
-        upstreams, routes = build_routes(settings, wire, scrubber)
+        upstreams = build_upstreams(settings, wire, scrubber)
+        router = Router(settings, upstreams, metrics)
         relay = Relay(
             drain=drain,
             metrics=metrics,
@@ -46,19 +47,10 @@ class Services:
             send_timeout=settings.send_timeout_seconds,
         )
         auth = Authenticator(settings.api_keys)
-        return cls(settings, auth, drain, metrics, scrubber, wire, relay, upstreams, routes)
-
-    def route(self, model: str) -> Route:
-        route = self.routes.get(model)
-        if route is None:
-            raise ModelNotFound(
-                f"The model `{model}` does not exist or you do not have access to it.",
-                param="model",
-            )
-        return route
+        return cls(settings, auth, drain, metrics, scrubber, wire, relay, upstreams, router)
 
     async def aclose(self) -> None:
-        for upstream in self.upstreams:
+        for upstream in self.upstreams.values():
             await upstream.aclose()
         await self.wire.aclose()
 

@@ -36,6 +36,9 @@ class Timeouts(_Strict):
 
     connect: float = Field(5.0, gt=0)
     first_byte: float = Field(60.0, gt=0)  # until the upstream's response headers
+    # From the request to the first content of a streamed answer; None: no such bound (a
+    # thinking model may be silent for minutes: set it to what your models need).
+    first_token: float | None = Field(None, gt=0)
     idle: float = Field(60.0, gt=0)  # between two reads of the upstream body
     write: float = Field(30.0, gt=0)
     total: float | None = Field(1800.0, gt=0)  # a whole answer; None: no limit
@@ -77,12 +80,63 @@ class HTTPUpstream(_Strict):
 UpstreamConfig = Annotated[EchoUpstream | HTTPUpstream, Field(discriminator="type")]
 
 
-class ModelRoute(_Strict):
-    """A public model name routed to an upstream (and the upstream's own model name)."""
+class Deployment(_Strict):
+    """One place a public model is served: an upstream and its name for the model."""
 
     upstream: str
     model: str | None = None  # the upstream's name; defaults to the public name
+    weight: float = Field(1.0, gt=0)  # its share of first attempts (strategy: weighted)
     force_stream: bool = False  # the upstream only streams: aggregate for non-stream clients
+
+
+class ModelRoute(_Strict):
+    """A public model: one deployment (``upstream``...) or several (``deployments``), how to
+    choose among them, and the other public models to fall back to."""
+
+    upstream: str | None = None
+    model: str | None = None
+    weight: float = Field(1.0, gt=0)
+    force_stream: bool = False
+    deployments: list[Deployment] | None = Field(None, min_length=1)
+    strategy: Literal["weighted", "least_busy", "lowest_latency"] = "weighted"
+    fallbacks: list[str] = []  # other public models, tried in order
+    context_window_fallbacks: list[str] = []  # only after context_length_exceeded
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ModelRoute:
+        if (self.upstream is None) == (self.deployments is None):
+            raise ValueError("give either upstream (one deployment) or deployments, not both")
+        return self
+
+    def targets(self) -> list[Deployment]:
+        """The deployments, whichever form the config used."""
+        if self.deployments is not None:
+            return self.deployments
+        assert self.upstream is not None
+        return [
+            Deployment(
+                upstream=self.upstream,
+                model=self.model,
+                weight=self.weight,
+                force_stream=self.force_stream,
+            )
+        ]
+
+
+class Cooldown(_Strict):
+    """A deployment's circuit breaker: ``failures`` in a row open it for ``seconds``."""
+
+    failures: int = Field(3, ge=1)
+    seconds: float = Field(30.0, gt=0)
+
+
+class Routing(_Strict):
+    """Retries, backoff and the breakers, for every model (README "Routing")."""
+
+    retries: int = Field(2, ge=0)  # more attempts within a model, after the first
+    backoff_seconds: float = Field(0.5, ge=0)  # before a retry; doubled each time, jittered
+    max_retry_after: float = Field(20.0, ge=0)  # Retry-After honoured up to this; longer: skip
+    cooldown: Cooldown = Cooldown()
 
 
 class Pool(_Strict):
@@ -140,6 +194,7 @@ class Settings(BaseSettings):
     pool: Pool = Pool()
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=_default_upstreams)
     models: dict[str, ModelRoute] = Field(default_factory=_default_models)
+    routing: Routing = Routing()
 
     @model_validator(mode="after")
     def _check_trusted_proxies(self) -> Settings:
@@ -161,13 +216,21 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_routes(self) -> Settings:
+        known = ", ".join(sorted(self.upstreams)) or "none"
         for name, route in self.models.items():
-            if route.upstream not in self.upstreams:
-                known = ", ".join(sorted(self.upstreams)) or "none"
-                raise ValueError(
-                    f"models.{name}.upstream: unknown upstream {route.upstream!r} "
-                    f"(configured: {known})"
-                )
+            for index, target in enumerate(route.targets()):
+                where = "upstream" if route.deployments is None else f"deployments.{index}.upstream"
+                if target.upstream not in self.upstreams:
+                    raise ValueError(
+                        f"models.{name}.{where}: unknown upstream {target.upstream!r} "
+                        f"(configured: {known})"
+                    )
+            for key in ("fallbacks", "context_window_fallbacks"):
+                for other in getattr(route, key):
+                    if other not in self.models or other == name:
+                        raise ValueError(
+                            f"models.{name}.{key}: {other!r} is not another configured model"
+                        )
         return self
 
     @classmethod

@@ -18,9 +18,12 @@ A later reason cancels again: once aborted, the serving task writes at most one 
 disconnect or a shutdown in the meantime cancels it for good (``final``), so no request
 outlives its deadline or the shutdown grace by more than that.
 
-One timer serves all of these, and pings: once the SSE headers are out it sends ``: ping``
-whenever nothing was written for ``keepalive`` seconds (gateways cut idle connections, often at
-60 s). The hot path only records the time of each write; no task wakes up while chunks flow.
+One timer serves all of these, and pings: once a stream has begun it sends its ping (``:
+ping``, or the API's own event) whenever nothing was written for ``keepalive`` seconds
+(gateways cut idle connections, often at 60 s). Before a stream commits, its response
+headers may still be held back (``start_keepalive(headers=...)``): then the first ping sends
+them first, so a silent upstream never costs the connection. The hot path only records the
+time of each write; no task wakes up while chunks flow.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class Watchdog:
     __slots__ = (
         "_deadline",
         "_final",
+        "_headers",
         "_keepalive",
         "_loop",
         "_ping",
@@ -52,7 +56,9 @@ class Watchdog:
         "_send_timeout",
         "_task",
         "_timer",
+        "deadline_seconds",
         "final",
+        "headers_sent",
         "last_write",
         "reason",
     )
@@ -71,6 +77,7 @@ class Watchdog:
         self._send = send
         self._keepalive = keepalive
         self._send_timeout = send_timeout
+        self.deadline_seconds = deadline  # the request's bound, as configured
         self._deadline = None if deadline is None else time.perf_counter() + deadline
         self._loop = asyncio.get_running_loop()
         self._task: asyncio.Task[object] | None = None
@@ -79,6 +86,8 @@ class Watchdog:
         self._ping: asyncio.Task[None] | None = None
         self._pinging = False
         self._final: asyncio.TimerHandle | None = None
+        self._headers: Message | None = None  # held-back response headers, sent by a ping
+        self.headers_sent = False
         self.reason: str | None = None  # why the watchdog cancelled the request, if it did
         self.final = False  # cancelled again after that: nothing more may be written
         self.last_write = 0.0
@@ -111,14 +120,27 @@ class Watchdog:
             self.final = True
         self._task.cancel()
 
-    def start_keepalive(self) -> float:
-        """Call once the response headers are sent: pings begin after ``keepalive`` of silence.
+    def start_keepalive(self, headers: Message | None = None) -> float:
+        """Pings begin after ``keepalive`` of silence. ``headers``: the response start, not
+        sent yet; the first ping sends it first (and ``send_headers`` may send it earlier).
 
-        Returns the time (``time.perf_counter()``) the headers went out."""
+        Returns the time (``time.perf_counter()``) silence is counted from."""
+        self._headers = headers
+        self.headers_sent = headers is None
         self.last_write = time.perf_counter()
         self._pinging = True
         self._schedule(self._keepalive)
         return self.last_write
+
+    async def send_headers(self, headers: Message | None = None) -> None:
+        """Send the held-back response start (``headers`` in its place, if given), unless a
+        ping already did. Set before the await: a ping cannot send it twice."""
+        if not self.headers_sent:
+            self.headers_sent = True
+            message = headers or self._headers
+            self._headers = None
+            assert message is not None
+            await self._send(message)
 
     def wrote(self) -> float:
         """Record a write to the client (the watchdog's only per-chunk cost); returns its time."""
@@ -157,21 +179,26 @@ class Watchdog:
 
     async def _send_ping(self) -> None:
         with contextlib.suppress(Exception):  # a failed ping means a gone client: noticed above
+            if not self.headers_sent:
+                await self.send_headers()
             await self._send(self._ping_message)
             self.last_write = time.perf_counter()  # only once the ping is really written
             if self._pinging:
                 self._schedule(self._keepalive)
 
-    def stop_keepalive(self) -> None:
-        """No ping may follow: call before the final message of the response. The send
-        timeout and the deadline still watch that last write."""
+    async def stop_keepalive(self) -> None:
+        """No ping may follow: call before the final message of the response. A ping being
+        written is let finish (cut off, it could leave the held-back headers half-known);
+        the send timeout and the deadline still watch that, and the last write."""
         self._pinging = False
         if self._ping is not None and not self._ping.done():
-            self._ping.cancel()
+            await asyncio.wait([self._ping])
 
     def stop(self) -> None:
         """Stop everything; after this the serving task is never cancelled by the watchdog."""
-        self.stop_keepalive()
+        self._pinging = False
+        if self._ping is not None and not self._ping.done():
+            self._ping.cancel()
         for handle in (self._timer, self._final):
             if handle is not None:
                 handle.cancel()

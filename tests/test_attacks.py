@@ -48,6 +48,7 @@ def answer_events(text: str) -> list[bytes]:
 def proxy_to(handler: Any, key: str = KEYS[0], **overrides: Any) -> Iterator[tuple[str, Any]]:
     timeouts = {"connect": 2, "first_byte": 3, "idle": 3, **overrides.pop("timeouts", {})}
     up = {"timeouts": timeouts, **overrides.pop("up", {})}
+    overrides.setdefault("routing", {"retries": 0})  # one attempt: the attack's own answer
     with proxy_for(handler, key=key, up=up, **overrides) as (url, fake):
         yield url, fake
 
@@ -515,7 +516,7 @@ def gzip_bomb() -> Any:
 def endless_line() -> Any:
     async def handler(request: Recorded, reply: Reply) -> None:
         await reply.start()
-        await reply.send(chunk(role="assistant") + b"data: ")
+        await reply.send(chunk(role="assistant") + chunk("committed") + b"data: ")
         for _ in range(400):  # 200 MB of one line
             if reply.peer_closed.is_set():
                 return

@@ -201,15 +201,16 @@ def faulty(name: str) -> Any:
     return handler
 
 
-# (fault, status, error code: in the body before the stream, in the last event after it)
+# (fault, status, error code: in the body before the stream commits, in the last event after)
+# A failure before any content (only the role chunk went) is an HTTP error: nothing committed.
 FAULTS = [
     ("reset before headers", 502, "upstream_connection_error"),
-    ("reset after headers", 200, "upstream_connection_error"),
+    ("reset after headers", 502, "upstream_connection_error"),
     ("stall before first byte", 504, "upstream_timeout"),
     ("stall between chunks", 200, "upstream_idle_timeout"),
-    ("invalid json in a chunk", 200, "upstream_malformed"),
+    ("invalid json in a chunk", 502, "upstream_malformed"),
     ("10 MB valid line", 200, None),
-    ("10 MB garbage line", 200, "upstream_malformed"),
+    ("10 MB garbage line", 502, "upstream_malformed"),
     ("text/html 200", 502, "upstream_malformed"),
     ("text/plain stream", 502, "upstream_malformed"),
     ("500 with html", 500, None),
@@ -221,10 +222,13 @@ FAULTS = [
 @contextmanager
 def proxy_with_fault(name: str) -> Iterator[tuple[str, Any]]:
     timeouts = {"first_byte": 0.5, "idle": 0.5, "total": 1.5}
-    with proxy_for(faulty(name), key=KEY, up={"timeouts": timeouts}, api_keys=[CLIENT_KEY]) as (
-        url,
-        fake,
-    ):
+    with proxy_for(
+        faulty(name),
+        key=KEY,
+        up={"timeouts": timeouts},
+        api_keys=[CLIENT_KEY],
+        routing={"retries": 0},  # one attempt each: the fault's own answer, counted below
+    ) as (url, fake):
         yield url, fake
 
 

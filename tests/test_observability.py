@@ -47,6 +47,7 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
 
 
 def settings_for(url: str, **overrides: Any) -> Settings:
+    overrides.setdefault("routing", {"retries": 0})  # one attempt each: counted below
     return upstream_settings(url, key=KEY, up={"timeouts": {"idle": 0.5}}, **overrides)
 
 
@@ -69,7 +70,7 @@ def handler(request: Recorded, reply: Reply) -> Any:
             while not reply.peer_closed.is_set():
                 await reply.send(chunk("w "))
                 await asyncio_sleep(0.05)
-        else:  # "stall": headers and one chunk, then silence past the idle timeout
+        else:  # "stall": headers and the role chunk, then silence past the idle timeout
             await reply.start()
             await reply.send(ROLE)
             await reply.until_closed(5)
@@ -97,7 +98,7 @@ def stream(url: str, prompt: str, **extra: Any) -> list[str]:
 def test_metrics_after_real_streams() -> None:
     with serve_fake(handler) as fake, run_server(create_app(settings_for(fake.url))) as url:
         assert stream(url, "ok")[-1] == "data: [DONE]"
-        assert "error" in stream(url, "stall")[-1]  # an idle upstream: error event
+        assert "error" in stream(url, "stall")[-1]  # an idle upstream before content: 504
         with requests.post(
             f"{url}/v1/chat/completions",
             stream=True,
@@ -118,7 +119,9 @@ def test_metrics_after_real_streams() -> None:
         samples = scrape(url)
 
     m = {"model": "m", "upstream": "up"}
-    assert value(samples, "proxy_requests_total", **m, stream="true", status="200") == 3
+    assert value(samples, "proxy_requests_total", **m, stream="true", status="200") == 2
+    # "stall" failed before any content: nothing committed, an HTTP 504 (issue 15).
+    assert value(samples, "proxy_requests_total", **m, stream="true", status="504") == 1
     assert value(samples, "proxy_requests_total", **m, stream="false", status="200") == 1
     assert value(samples, "proxy_client_disconnects_total", **m) == 1
     assert value(samples, "proxy_upstream_errors_total", upstream="up", kind="idle_timeout") == 1
@@ -127,7 +130,7 @@ def test_metrics_after_real_streams() -> None:
     assert value(samples, "proxy_time_to_first_token_seconds_count", **m) == 2
     assert value(samples, "proxy_time_to_first_token_seconds_sum", **m) > 0
     # Gaps: "ok" wrote role, 2 contents, finish (its usage chunk was not asked for) = 4 chunks,
-    # 3 gaps; "slow" at least 3 chunks, 2 gaps; "stall" one chunk, no gap.
+    # 3 gaps; "slow" at least 3 chunks, 2 gaps; "stall" no chunk at all.
     assert value(samples, "proxy_chunk_gap_seconds_count", **m) >= 3 + 2
     assert value(samples, "proxy_request_duration_seconds_count", **m, stream="true") == 3
     # Tokens from the upstream's usage: twice the "ok" answer (stream and non-stream).
@@ -188,7 +191,7 @@ def test_access_line_field_by_field(caplog: pytest.LogCaptureFixture) -> None:
     assert (ok["prompt_tokens"], ok["completion_tokens"]) == (11, 2)
     assert ok["outcome"] == "complete"
     assert (stalled["status"], stalled["outcome"], stalled["ttft_ms"]) == (
-        200,
+        504,  # before any content: an HTTP error, not an error event (issue 15)
         "upstream_idle_timeout",
         None,
     )

@@ -136,6 +136,9 @@ def test_soak(tmp_path: Path) -> None:
         config.write_text(
             f"api_keys: [{CLIENT_KEY}]\nlog_format: json\n"
             f"pool: {{max_connections: {POOL}}}\n"
+            # One attempt each and no breaker: the soak's upstream fails on purpose, and every
+            # request must get that scenario's own answer (routing: tests/test_routing.py).
+            "routing: {retries: 0, cooldown: {failures: 1000000}}\n"
             "upstreams:\n"
             "  echo: {type: echo, delay_ms: 0}\n"
             f"  up: {{type: openai, base_url: '{fake.url}', api_key: '{KEY}'}}\n"

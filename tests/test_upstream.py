@@ -52,12 +52,19 @@ def transport_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("PROXY_POOL__TRANSPORT", request.param)
 
 
+# One attempt per request: these tests are about how one upstream's answers and failures
+# reach the client; retries and fallbacks are tests/test_routing.py's.
+ONCE = {"retries": 0}
+
+
 def settings(base_url: str, **overrides: Any) -> Settings:
+    overrides.setdefault("routing", ONCE)
     return upstream_settings(base_url, key=KEY, model="upstream-model", **overrides)
 
 
 @contextmanager
 def proxy_for(handler: Any, **overrides: Any) -> Iterator[tuple[str, Any]]:
+    overrides.setdefault("routing", ONCE)
     with helpers.proxy_for(handler, key=KEY, model="upstream-model", **overrides) as (url, fake):
         yield url, fake
 
@@ -398,29 +405,77 @@ MIDSTREAM = [
     ("reset", resets_after(ROLE, chunk("Hel")), "upstream_connection_error"),
     ("truncated clean close", sse_response(ROLE, chunk("Hel")), "upstream_truncated"),
     ("done without finish", sse_response(ROLE, chunk("Hel"), DONE), "upstream_truncated"),
-    ("invalid json", sse_response(ROLE, b"data: {not json\n\n", *GOOD[1:]), "upstream_malformed"),
+    (
+        "invalid json",
+        sse_response(ROLE, chunk("Hel"), b"data: {not json\n\n", *GOOD[2:]),
+        "upstream_malformed",
+    ),
     (
         "in-stream error",
         sse_response(
-            ROLE, b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'
+            ROLE,
+            chunk("Hel"),
+            b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n',
         ),
         "upstream_stream_error",
     ),
     (
         "vllm error then done",
-        sse_response(ROLE, b'data: {"object": "error", "message": "boom", "type": "x"}\n\n', DONE),
+        sse_response(
+            ROLE,
+            chunk("Hel"),
+            b'data: {"object": "error", "message": "boom", "type": "x"}\n\n',
+            DONE,
+        ),
         "upstream_stream_error",
     ),
     (
         "llama.cpp error field",
         sse_response(
             ROLE,
+            chunk("Hel"),
             b'error: {"code":400,"message":"ctx full","type":"invalid_request_error"}\n\n',
             DONE,
         ),
         "upstream_stream_error",
     ),
 ]
+
+# The same failures before any content: the stream has not committed, so the client gets an
+# HTTP error (after the retries and fallbacks the routing allows, none here).
+PRESTREAM = [
+    ("idle timeout", stalls_after(ROLE), 504, "upstream_idle_timeout"),
+    ("reset", resets_after(ROLE), 502, "upstream_connection_error"),
+    ("truncated clean close", sse_response(ROLE), 502, "upstream_truncated"),
+    ("invalid json", sse_response(ROLE, b"data: {not json\n\n"), 502, "upstream_malformed"),
+    (
+        "in-stream error",
+        sse_response(
+            ROLE, b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'
+        ),
+        502,
+        "upstream_stream_error",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "handler", "status", "code"), PRESTREAM, ids=[m[0] for m in PRESTREAM]
+)
+def test_failure_before_content_is_an_http_error(
+    name: str, handler: Any, status: int, code: str
+) -> None:
+    with proxy_for(handler, up={"timeouts": {"first_byte": 10, "idle": 0.5}}) as (url, _):
+        response = requests.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "m", "stream": True, "messages": MESSAGES},
+            timeout=30,
+        )
+        assert response.status_code == status, response.text
+        assert response.json()["error"]["code"] == code
+        with pytest.raises(openai.APIStatusError) as info:  # the SDK raises before any chunk
+            list(client(url).chat.completions.create(model="m", messages=MESSAGES, stream=True))
+        assert info.value.status_code == status
 
 
 @pytest.mark.parametrize(("name", "handler", "code"), MIDSTREAM, ids=[m[0] for m in MIDSTREAM])
@@ -444,14 +499,20 @@ def test_missing_done_after_finish_is_completed() -> None:
 
 def test_idle_timeout_differs_from_first_byte() -> None:
     # Headers at once, then silence: the idle timeout (0.5 s) applies, not first_byte (20 s).
+    # (Before any content: an HTTP 504; after content it is the error event, MIDSTREAM.)
     with proxy_for(stalls_after(ROLE), up={"timeouts": {"first_byte": 20, "idle": 0.5}}) as (
         url,
         _,
     ):
         started = time.monotonic()
-        lines = raw_lines(url)
+        response = requests.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "m", "stream": True, "messages": MESSAGES},
+            timeout=30,
+        )
         elapsed = time.monotonic() - started
-    assert "silent for more than 0.5 s" in lines[-1]
+    assert response.status_code == 504
+    assert "silent for more than 0.5 s" in response.json()["error"]["message"]
     assert 0.4 < elapsed < 5
 
 

@@ -3,8 +3,8 @@
 An endpoint is a pure ASGI app on one route of the app's router (``proxy.app``). Its story:
 refuse new work while draining; check the key before reading the body (a refused client
 costs nothing); read the body within its size and time limits; parse the JSON; let the
-endpoint's ``parse`` validate it into a ``Call``; find the model's route; hand over to the
-relay. A subclass names its path, its request schema (for ``/openapi.json``), its format, and
+endpoint's ``parse`` validate it into a ``Call``; get the model's routing plan; hand over to
+the relay. A subclass names its path, its request schema (for ``/openapi.json``), its format, and
 writes ``parse``.
 
 Pure ASGI rather than a FastAPI route: the body is read by us (the size limit holds while
@@ -24,8 +24,9 @@ from proxy.endpoints.body import content_length, parse_json, read_body
 from proxy.errors import ProxyError
 from proxy.observability.access import Access
 from proxy.relay import Format
+from proxy.routing import Plan
 from proxy.services import Services
-from proxy.upstreams.base import Call, Route
+from proxy.upstreams.base import Call
 
 body_log = logging.getLogger("proxy.bodies")
 
@@ -48,14 +49,15 @@ class Endpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         access: Access = scope["state"]["access"]  # made by the AccessLog middleware
         try:
-            call, route = await self.accept(scope, receive)
+            call, plan = await self.accept(scope, receive)
         except ProxyError as error:
             access.end(error.outcome, error.kind)
             await send_json(send, error.status, self.format.error_body(error), error.headers)
             return
-        await self.services.relay.serve(call, route, self.format, receive, send, access)
+        deadline = self.services.router.deadline(call.model)
+        await self.services.relay.serve(call, plan, deadline, self.format, receive, send, access)
 
-    async def accept(self, scope: Scope, receive: Receive) -> tuple[Call, Route]:
+    async def accept(self, scope: Scope, receive: Receive) -> tuple[Call, Plan]:
         services = self.services
         services.drain.refuse_if_draining()
         services.auth.check(scope)  # before reading the body: a refused client costs nothing
@@ -71,4 +73,4 @@ class Endpoint:
             text = services.scrubber.text(body.decode("utf-8", "replace"))
             body_log.info("body", extra={"fields": {"request_id": request_id, "body": text}})
         call = self.parse(parse_json(body), request_id)
-        return call, services.route(call.model)
+        return call, services.router.plan(call.model)

@@ -24,7 +24,7 @@ def service_routes(services: Services) -> APIRouter:
     async def models(request: Request) -> Response:
         services.auth.check(request.scope)
         data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": route.upstream}
+            {"id": name, "object": "model", "created": 0, "owned_by": route.targets()[0].upstream}
             for name, route in settings.models.items()
         ]
         return JSONResponse({"object": "list", "data": data})

@@ -45,7 +45,6 @@ class ChatStream:
     usage chunk if asked for, ``data: [DONE]``. See ``relay.StreamFormat``."""
 
     __slots__ = ("committed", "include_usage", "messages", "normalizer")
-    ping = PING
 
     def __init__(self, call: Call) -> None:
         self.normalizer = StreamNormalizer(call.model, call.include_usage)
@@ -79,6 +78,7 @@ class ChatFormat:
     """The chat completions API's shapes, for the relay: its stream and its one JSON answer."""
 
     stream = ChatStream
+    ping = PING
 
     @staticmethod
     def items(call: Call, reply: Reply) -> Any:

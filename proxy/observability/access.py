@@ -13,13 +13,16 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from proxy.asgi import ASGIApp, Message, Receive, Scope, Send, header
 from proxy.errors import Kind, Outcome
 from proxy.formats.chunks import valid_usage
 from proxy.observability.metrics import Metrics
+
+if TYPE_CHECKING:
+    from proxy.routing import Attempt, Plan
 
 _VALID_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
 access_log = logging.getLogger("proxy.access")
@@ -44,6 +47,24 @@ class Access:
     completion_tokens: int | None = None
     outcome: Outcome = Outcome.COMPLETE
     kind: Kind | None = None  # which upstream failure, when outcome is UPSTREAM
+    answered_by: str | None = None  # the deployment that answered (upstream/model)
+    answered_as: str | None = None  # the public model that answered (a fallback's name)
+    attempts: list[tuple[str, str]] = field(default_factory=list)  # (deployment, ok|kind)
+    retries: int = 0
+    fallbacks: list[str] = field(default_factory=list)
+
+    def answered(self, attempt: Attempt) -> None:
+        self.upstream = attempt.route.upstream_name
+        self.answered_by = attempt.deployment.name
+        self.answered_as = attempt.model
+
+    def routed(self, plan: Plan) -> None:
+        """What the routing plan did for this request (every attempt, retries, fallbacks)."""
+        self.attempts = plan.attempts
+        self.retries = plan.retries
+        self.fallbacks = plan.fallbacks
+        if self.upstream is None and plan.attempts:
+            self.upstream = plan.attempts[-1][0].split("/", 1)[0]
 
     def end(self, outcome: Outcome, kind: Kind | None = None) -> None:
         self.outcome, self.kind = outcome, kind
@@ -77,6 +98,9 @@ class Access:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "outcome": self.outcome_name,
+            "attempts": len(self.attempts) or None,
+            "tried": ",".join(f"{name}:{result}" for name, result in self.attempts) or None,
+            "answered_as": self.answered_as if self.answered_as != self.model else None,
         }
 
 

@@ -102,6 +102,39 @@ class Metrics:
             registry=registry,
         )
 
+        self.attempts = Counter(
+            "proxy_upstream_attempts",
+            "Attempts by public model, deployment (upstream/model) and result (ok, or the "
+            "failure's kind).",
+            ("model", "deployment", "result"),
+            registry=registry,
+        )
+        self.retries = Counter(
+            "proxy_retries",
+            "Retries within a model (another attempt after a failure).",
+            ("model",),
+            registry=registry,
+        )
+        self.fallbacks = Counter(
+            "proxy_fallbacks",
+            "Requests that went on to a fallback model.",
+            ("model", "fallback"),
+            registry=registry,
+        )
+        self.breaker = Gauge(
+            "proxy_breaker_open",
+            "1 while a deployment's circuit breaker rests (open) or probes (half_open).",
+            ("deployment", "state"),
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.breaker_changes = Counter(
+            "proxy_breaker_changes",
+            "Circuit breaker state changes by deployment and new state.",
+            ("deployment", "state"),
+            registry=registry,
+        )
+
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def child(self, metric: Any, *labels: str) -> Any:
@@ -111,6 +144,14 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
+
+    def attempt(self, model: str, deployment: str, result: str) -> None:
+        self.child(self.attempts, model, deployment, result).inc()
+
+    def breaker_changed(self, deployment: str, state: str) -> None:
+        self.child(self.breaker_changes, deployment, state).inc()
+        for name in ("open", "half_open"):
+            self.child(self.breaker, deployment, name).set(1 if state == name else 0)
 
     def stream_started(self, access: Access) -> tuple[Any, Any]:
         """A stream's chunk-gap histogram and its in-flight gauge (already counted up)."""
@@ -127,6 +168,10 @@ class Metrics:
         self.child(self.duration, model, upstream, stream).observe(duration)
         if access.ttft is not None:
             self.child(self.ttft, model, upstream).observe(access.ttft)
+        if access.retries:
+            self.child(self.retries, model).inc(access.retries)
+        for fallback in access.fallbacks:
+            self.child(self.fallbacks, model, fallback).inc()
         if access.outcome is Outcome.CLIENT_DISCONNECT:
             self.child(self.disconnects, model, upstream).inc()
         elif access.outcome is Outcome.UPSTREAM and access.kind is not None:

@@ -10,14 +10,14 @@ from collections.abc import Callable
 from typing import Any
 
 from proxy.secrets import Scrubber
-from proxy.settings import HTTPUpstream, Settings
+from proxy.settings import Settings
 from proxy.upstreams.base import Call, Reply, Route, Upstream
 from proxy.upstreams.echo import EchoModel
 from proxy.upstreams.openai import OpenAICompatible
 from proxy.upstreams.qwen import Qwen
 from proxy.upstreams.wire import Wire
 
-__all__ = ["KINDS", "Call", "Reply", "Route", "Upstream", "build_routes"]
+__all__ = ["KINDS", "Call", "Reply", "Route", "Upstream", "build_upstreams"]
 
 Factory = Callable[[str, Any, Wire, Scrubber], Upstream]
 
@@ -28,29 +28,10 @@ KINDS: dict[str, Factory] = {
 }
 
 
-def build_routes(
-    settings: Settings, wire: Wire, scrubber: Scrubber
-) -> tuple[list[Upstream], dict[str, Route]]:
-    """One upstream object per configured upstream, and the public model routes onto them.
-    ``wire`` is the app's shared HTTP client; it may be opened later (the lifespan)."""
-    upstreams = {
+def build_upstreams(settings: Settings, wire: Wire, scrubber: Scrubber) -> dict[str, Upstream]:
+    """One upstream object per configured upstream. ``wire`` is the app's shared HTTP client;
+    it may be opened later (the lifespan)."""
+    return {
         name: KINDS[config.type](name, config, wire, scrubber)
         for name, config in settings.upstreams.items()
     }
-    routes = {
-        public: Route(
-            public_model=public,
-            upstream_name=route.upstream,
-            upstream=upstreams[route.upstream],
-            upstream_model=route.model or public,
-            force_stream=route.force_stream,
-            deadline=_deadline(settings.upstreams[route.upstream]),
-        )
-        for public, route in settings.models.items()
-    }
-    return list(upstreams.values()), routes
-
-
-def _deadline(config: Any) -> float | None:
-    """How long one whole answer may take: ``timeouts.total`` (the echo model has none)."""
-    return config.timeouts.total if isinstance(config, HTTPUpstream) else None
