@@ -42,7 +42,7 @@ from proxy.observability.access import Access
 from proxy.observability.metrics import Metrics
 from proxy.routing import Attempt, Plan
 from proxy.shutdown import Drain
-from proxy.upstreams.base import Call, Reply
+from proxy.upstreams.base import Call, Reply, Route
 from proxy.watchdog import Watchdog
 
 
@@ -69,21 +69,42 @@ class StreamFormat(Protocol):
         ...
 
 
-class Format(Protocol):
-    """A client API's shapes (``formats.chat.ChatFormat``...)."""
+class Exchange(Protocol):
+    """One attempt's conversation with its upstream, for a client speaking one API: what the
+    upstream is asked (``call``: translated when the upstream speaks another API, e.g. a
+    Responses call to a chat-only server), and how its answer becomes the client's."""
 
-    ping: bytes  # what keeps a silent stream alive (an SSE comment, or the API's own event)
+    call: Call
 
-    def stream(self, call: Call) -> StreamFormat: ...
+    def stream(self) -> StreamFormat: ...
 
-    def items(self, call: Call, reply: Reply) -> Any:
+    def items(self, reply: Reply) -> Any:
         """The reply as items to stream (an upstream that answered one JSON to a stream
         request is turned into items)."""
         ...
 
-    async def complete(self, call: Call, reply: Reply) -> dict[str, Any]: ...
+    async def complete(self, reply: Reply) -> dict[str, Any]:
+        """The one JSON answer of a non-stream request."""
+        ...
 
-    def error_body(self, error: ProxyError) -> bytes: ...
+
+class Format(Protocol):
+    """A client API (``formats.chat.ChatFormat``...): one per endpoint."""
+
+    ping: bytes  # what keeps a silent stream alive (an SSE comment, or the API's own event)
+
+    def exchange(self, call: Call, route: Route) -> Exchange:
+        """How one attempt talks to ``route``'s upstream (may raise ``InvalidRequest``:
+        something that upstream cannot be asked)."""
+        ...
+
+    def error_body(self, error: ProxyError) -> bytes:
+        """An error as this API's HTTP error body."""
+        ...
+
+    def error_event(self, error: ProxyError) -> bytes:
+        """An error as this API's last event of a failed stream."""
+        ...
 
 
 SHUTTING_DOWN = "The proxy is shutting down and ended this stream before it was complete; retry."
@@ -147,11 +168,11 @@ class Relay:
         attempt: Attempt | None = None
         try:
             async for attempt in plan:
-                answering = _as(call, attempt)
                 reply: Reply | None = None
                 try:
-                    reply = await attempt.route.upstream.open(answering, attempt.route)
-                    completion = await api.complete(answering, reply)
+                    exchange = api.exchange(_as(call, attempt), attempt.route)
+                    reply = await attempt.route.upstream.open(exchange.call, attempt.route)
+                    completion = await exchange.complete(reply)
                 except ProxyError as error:
                     plan.failed(attempt, error)
                     continue
@@ -194,7 +215,7 @@ class Relay:
             access.end(error.outcome, error.kind)
             await watchdog.stop_keepalive()
             if watchdog.headers_sent:  # a ping went out: the error event, as after a commit
-                await _last(send, watchdog, api.stream(call).error(error))
+                await _last(send, watchdog, api.error_event(error))
             else:
                 await _last(send, watchdog, api.error_body(error), error.status, error.headers)
         except asyncio.CancelledError:
@@ -205,7 +226,7 @@ class Relay:
             if ending is not None and committed is None and not watchdog.headers_sent:
                 await _last(send, watchdog, api.error_body(ending), ending.status)
             elif ending is not None and committed is None:
-                await _last(send, watchdog, api.stream(call).error(ending))
+                await _last(send, watchdog, api.error_event(ending))
         finally:
             if committed is not None:
                 committed.attempt.release()
@@ -215,12 +236,12 @@ class Relay:
         """Run the plan's attempts until one commits (its first item carrying part of the
         answer); raise the last error if none does."""
         async for attempt in plan:
-            answering = _as(call, attempt)
-            stream = api.stream(answering)
             reply: Reply | None = None
             try:
-                reply = await attempt.route.upstream.open(answering, attempt.route)
-                items = api.items(answering, reply)
+                exchange = api.exchange(_as(call, attempt), attempt.route)
+                stream = exchange.stream()
+                reply = await attempt.route.upstream.open(exchange.call, attempt.route)
+                items = exchange.items(reply)
                 held, tail = await _until_commit(items, stream, attempt)
             except ProxyError as error:
                 if reply is not None:

@@ -61,6 +61,13 @@ class HTTPUpstream(_Strict):
     api_key_env: str | None = None
     timeouts: Timeouts = Timeouts()
     headers: dict[str, str] = {}
+    # The APIs the server speaks natively (passed through); the others are translated to
+    # chat completions where a translation exists. OpenAI itself: add responses.
+    apis: list[Literal["chat", "completions", "embeddings", "responses", "messages"]] = [
+        "chat",
+        "completions",
+        "embeddings",
+    ]
 
     @model_validator(mode="after")
     def _check_url(self) -> HTTPUpstream:

@@ -1,5 +1,5 @@
 """The chat completions API as the relay writes it: ``ChatStream`` for a streaming client,
-``ChatFormat.complete`` for the one JSON answer of a non-stream client.
+``ChatExchange.complete`` for the one JSON answer of a non-stream client.
 
 Chunk shapes (normalising, aggregating, converting) are in ``formats.chunks``.
 """
@@ -20,7 +20,7 @@ from proxy.formats.chunks import (
     normalize_completion,
 )
 from proxy.sse import DONE, PING, encode_event
-from proxy.upstreams.base import Call, Reply
+from proxy.upstreams.base import Call, Reply, Route
 
 
 def has_content(chunk: Chunk) -> bool:
@@ -67,26 +67,30 @@ class ChatStream:
         return DONE
 
     def error(self, error: ProxyError) -> bytes:
-        return encode_event(error.to_dict())
+        return ChatFormat.error_event(error)
 
     @property
     def usage(self) -> dict[str, Any] | None:
         return self.normalizer.usage
 
 
-class ChatFormat:
-    """The chat completions API's shapes, for the relay: its stream and its one JSON answer."""
+class ChatExchange:
+    """One attempt of a chat call against a chat upstream: nothing to translate."""
 
-    stream = ChatStream
-    ping = PING
+    __slots__ = ("call",)
 
-    @staticmethod
-    def items(call: Call, reply: Reply) -> Any:
-        return reply_chunks(reply, call.model)
+    def __init__(self, call: Call) -> None:
+        self.call = call
 
-    @staticmethod
-    async def complete(call: Call, reply: Reply) -> Chunk:
+    def stream(self) -> ChatStream:
+        return ChatStream(self.call)
+
+    def items(self, reply: Reply) -> Any:
+        return reply_chunks(reply, self.call.model)
+
+    async def complete(self, reply: Reply) -> Chunk:
         """The one ``chat.completion`` for a non-stream client, whatever the upstream sent."""
+        call = self.call
         if reply.completion is not None:
             completion = normalize_completion(reply.completion, call.model)
         else:
@@ -101,9 +105,23 @@ class ChatFormat:
             completion["usage"] = estimate_usage(call.body.get("messages") or [], texts)
         return completion
 
+
+class ChatFormat:
+    """The chat completions API, for the relay (``relay.Format``)."""
+
+    ping = PING
+
+    @staticmethod
+    def exchange(call: Call, route: Route) -> ChatExchange:
+        return ChatExchange(call)
+
     @staticmethod
     def error_body(error: ProxyError) -> bytes:
         return error.to_json()
+
+    @staticmethod
+    def error_event(error: ProxyError) -> bytes:
+        return encode_event(error.to_dict())
 
 
 async def aggregate(call: Call, reply: Reply) -> Chunk:

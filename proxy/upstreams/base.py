@@ -65,6 +65,10 @@ class Reply:
 class Upstream(Protocol):
     """Anything that can answer a call."""
 
+    # The APIs it serves natively (``Call.api`` values); a format translates a call in another
+    # API into one of these (a Responses call to a chat-only server becomes a chat call).
+    apis: frozenset[str]
+
     async def open(self, call: Call, route: Route) -> Reply:
         """Send the call; return once the upstream has answered."""
         ...

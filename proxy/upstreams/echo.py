@@ -29,6 +29,8 @@ def split_pieces(text: str, chunk: str) -> list[str]:
 class EchoModel:
     """An ``Upstream`` answering from memory; see the module docstring."""
 
+    apis = frozenset({"chat"})
+
     def __init__(self, config: EchoConfig) -> None:
         self.delay = config.delay_ms / 1000
         self.chunk = config.chunk

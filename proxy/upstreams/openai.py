@@ -35,6 +35,7 @@ class OpenAICompatible:
         self.name = name
         self.http = HTTPClient(name, config, wire, scrubber)
         self.url = self.http.url("/chat/completions")
+        self.apis: frozenset[str] = frozenset(config.apis)
 
     async def open(self, call: Call, route: Route) -> Reply:
         body = encode_body(self.adapt(self.body(call, route)))
