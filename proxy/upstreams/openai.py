@@ -27,19 +27,27 @@ from proxy.upstreams.base import Call, Reply, Route
 from proxy.upstreams.http import DONE, HTTPClient
 from proxy.upstreams.wire import Wire, WireResponse
 
+# Where each API lives under an OpenAI-compatible base URL.
+PATHS = {
+    "chat": "/chat/completions",
+}
+
 
 class OpenAICompatible:
-    """An ``Upstream`` speaking OpenAI's chat completions API over HTTP."""
+    """An ``Upstream`` speaking OpenAI's APIs over HTTP (``apis`` in the config: which)."""
 
     def __init__(self, name: str, config: HTTPUpstream, wire: Wire, scrubber: Scrubber) -> None:
         self.name = name
         self.http = HTTPClient(name, config, wire, scrubber)
-        self.url = self.http.url("/chat/completions")
-        self.apis: frozenset[str] = frozenset(config.apis)
+        self.apis: frozenset[str] = frozenset(config.apis) & frozenset(PATHS)
+        self.urls: dict[str, str] = {api: self.http.url(PATHS[api]) for api in self.apis}
 
     async def open(self, call: Call, route: Route) -> Reply:
+        url = self.urls.get(call.api)
+        if url is None:
+            raise InvalidRequest(f"The upstream '{self.name}' does not serve the {call.api} API.")
         body = encode_body(self.adapt(self.body(call, route)))
-        response = await self.http.post(self.url, body, request_id=call.request_id)
+        response = await self.http.post(url, body, request_id=call.request_id)
         try:
             return await self._reply(response)
         except BaseException:

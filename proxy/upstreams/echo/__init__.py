@@ -1,0 +1,39 @@
+"""The built-in fake model: it answers from memory, with no network and no key.
+
+It is the default model and the reference the streaming tests time against: it streams the
+last user input back (``chat.py``; with ``chunk: char, delay_ms: 300``, the classic demo of one
+character every 0.3 s). Each API it serves is one module and one line in ``ANSWERS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from proxy.errors import InvalidRequest
+from proxy.settings import EchoUpstream
+from proxy.upstreams.base import Call, Reply, Route
+from proxy.upstreams.echo import chat
+
+Answer = Callable[[EchoUpstream, Call, Route], Awaitable[Reply]]
+
+ANSWERS: dict[str, Answer] = {
+    "chat": chat.chat,
+}
+
+
+class EchoModel:
+    """An ``Upstream`` answering from memory; see the module docstring."""
+
+    apis = frozenset(ANSWERS)
+
+    def __init__(self, config: EchoUpstream) -> None:
+        self.config = config
+
+    async def open(self, call: Call, route: Route) -> Reply:
+        answer = ANSWERS.get(call.api)
+        if answer is None:
+            raise InvalidRequest(f"The echo model does not serve the {call.api} API.")
+        return await answer(self.config, call, route)
+
+    async def aclose(self) -> None:
+        return None
