@@ -14,7 +14,7 @@ fixed minutes (2N across a boundary) and not a token bucket (N + refill). Errors
 
 from proxy.limits.backend import Backend, Decision, Grant
 from proxy.limits.breaker import Breaker
-from proxy.limits.errors import BackendUnavailable, LimitsUnavailable, RateLimited
+from proxy.limits.errors import BackendUnavailable, BreakerOpen, LimitsUnavailable, RateLimited
 from proxy.limits.limiter import Limiter, OnBackendError, Ticket
 from proxy.limits.memory import MemoryBackend
 from proxy.limits.policy import KeyLimits
@@ -24,6 +24,7 @@ __all__ = [
     "Backend",
     "BackendUnavailable",
     "Breaker",
+    "BreakerOpen",
     "Decision",
     "Grant",
     "KeyLimits",

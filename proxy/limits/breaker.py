@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Literal
 
-from proxy.limits.errors import BackendUnavailable
+from proxy.limits.errors import BackendUnavailable, BreakerOpen
 
 State = Literal["closed", "open", "half_open"]
 
@@ -50,7 +50,7 @@ class Breaker:
     def guard(self) -> Iterator[None]:
         """Run the body if the breaker lets it; record how it went.
 
-        Raises ``BackendUnavailable`` at once when open (or when another call is probing).
+        Raises ``BreakerOpen`` at once when open (or when another call is probing).
         A probe that ends otherwise (cancelled with its request) gives its turn back.
         """
         probe = self._enter()
@@ -73,7 +73,7 @@ class Breaker:
         if self._opened_at is None:
             return False
         if self._probing or self.retry_in > 0:
-            raise BackendUnavailable(
+            raise BreakerOpen(
                 f"the limits backend failed recently; next try in {self.retry_in:.1f} s"
             )
         self._probing = True

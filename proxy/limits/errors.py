@@ -4,8 +4,9 @@
     ├── RateLimited          429 requests | tokens, code rate_limit_exceeded
     └── LimitsUnavailable    503 server_error, code limits_unavailable (on_backend_error: deny)
 
-    BackendUnavailable       internal: the backend could not answer (timeout, refused, breaker
-                             open); the Limiter turns it into LimitsUnavailable or a miss.
+    BackendUnavailable       internal: the backend could not answer (timeout, refused); the
+    └── BreakerOpen          Limiter turns it into LimitsUnavailable or a miss. BreakerOpen:
+                             not tried, it failed moments ago.
 
 Both client-facing errors carry their response headers (``Retry-After``, ``x-ratelimit-*``).
 """
@@ -52,5 +53,10 @@ class BackendUnavailable(Exception):
     """The backend did not answer in time, refused the connection, or its breaker is open.
 
     Raised by backends at their one boundary with the store (every foreign exception is
-    translated there) and by the breaker; never shown to a client as such.
+    translated there) and by the breaker; never shown to a client as such (its text may name
+    an internal host).
     """
+
+
+class BreakerOpen(BackendUnavailable):
+    """Not even tried: the backend failed moments ago (logged then, not on every request)."""

@@ -27,7 +27,7 @@ from typing import Literal
 
 from proxy.limits.backend import Backend, Decision, Grant
 from proxy.limits.breaker import Breaker, State
-from proxy.limits.errors import BackendUnavailable, LimitsUnavailable, RateLimited
+from proxy.limits.errors import BackendUnavailable, BreakerOpen, LimitsUnavailable, RateLimited
 from proxy.limits.headers import duration, ratelimit_headers, retry_after
 from proxy.limits.heartbeat import Heartbeat
 from proxy.limits.memory import MemoryBackend
@@ -71,7 +71,8 @@ class Ticket:
             return
         self._settled = True
         if self._limiter is not None and self._grant is not None:
-            await self._limiter._settle(self._grant, used_tokens)
+            used = None if used_tokens is None else max(0, used_tokens)
+            await self._limiter._settle(self._grant, used)
 
     async def release(self) -> None:
         """End a request that produced no tokens: refund the reservation, free the slot."""
@@ -121,11 +122,19 @@ class Limiter:
         return Ticket(key, ratelimit_headers(limits, decision), self, grant)
 
     def _unavailable(self, key: str, exc: BackendUnavailable) -> Ticket:
+        """A miss (allow) or a 503 (deny). Logged when the backend failed, not on every
+        request the open breaker turns away (an outage would flood the log)."""
+        if not isinstance(exc, BreakerOpen):
+            logger.warning(
+                "limits backend unavailable (key %s, %s): %s", key, self.on_backend_error, exc
+            )
         if self.on_backend_error == "allow":
             self.misses += 1
-            logger.warning("limits not checked for key %s: %s", key, exc)
             return Ticket(key, {})
-        message = f"Rate limits cannot be checked right now ({exc}); please retry shortly."
+        message = (
+            "Rate limits cannot be checked right now (their backend is unavailable); "
+            "please retry shortly."
+        )
         wait = retry_after(max(self.breaker.retry_in, 1.0))
         raise LimitsUnavailable(message, headers={"Retry-After": wait}) from exc
 
@@ -135,8 +144,9 @@ class Limiter:
         try:
             with self.breaker.guard():
                 await self.backend.settle(grant, used_tokens)
-        except BackendUnavailable as exc:
-            logger.warning("could not settle a request of key %s: %s", grant.key, exc)
+        except BackendUnavailable as exc:  # its slot expires with the lease, its reservation stays
+            level = logging.DEBUG if isinstance(exc, BreakerOpen) else logging.WARNING
+            logger.log(level, "could not settle a request of key %s: %s", grant.key, exc)
 
     async def _renew(self, grants: Sequence[Grant]) -> None:
         with self.breaker.guard():

@@ -132,11 +132,13 @@ class MemoryBackend:
         log.flight.discard(grant.id)
         if used_tokens is None or grant.limits.tpm is None:
             return
+        now = self._clock()
+        log.trim(now - self.window)  # an expired reservation must not be "replaced"
         if grant.id in log.amounts:  # still in the window: replace the reservation
             log.total += used_tokens - log.amounts[grant.id]
             log.amounts[grant.id] = used_tokens
         elif used_tokens > grant.tokens:  # it left the window already: charge the overrun now
-            log.charge(self._clock(), grant.id + "+", used_tokens - grant.tokens)
+            log.charge(now, grant.id + "+", used_tokens - grant.tokens)
 
     async def renew(self, grants: Sequence[Grant]) -> None:
         """Nothing to renew: slots here live until settled."""

@@ -11,15 +11,19 @@ Parallel slots are leases (``lease`` seconds, 30 by default) in ``{csp:<name>}:p
 Limiter's heartbeat renews the leases of its running requests every ``lease / 3`` s, so a
 slot held by a process that crashed expires by itself within ``lease``.
 
-A call that times out may still have run on the server: an admission then counts although
-the client was refused (never more admitted than the limit; its slot expires with its lease),
-a settlement may be lost (its reservation stays charged). Both err on the side of the limit.
+A call that times out (or whose request is cancelled, a client gone mid-admission) may
+still have run on the server: an admission then counts although nobody got its ticket (never
+more admitted than the limit; its slot, renewed by nobody, expires with its lease), a
+settlement may be lost (its reservation stays charged). Both err on the side of the limit.
+
+Needs Redis >= 5 or Valkey (scripts replicated by effects, so ``TIME`` inside a script is
+allowed).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio
@@ -41,7 +45,8 @@ class RedisBackend:
     """Sliding logs in Redis sorted sets, shared by every process using the same ``url``.
 
     ``prefix`` starts every key (several proxies can share one Redis with different
-    prefixes); ``cluster=True`` talks to a Redis Cluster (the keys are hash-tagged for it).
+    prefixes); ``cluster=True`` talks to a Redis Cluster (the keys are hash-tagged for it);
+    at most ``max_connections`` calls are in flight per process, the others queue.
     """
 
     def __init__(
@@ -53,12 +58,18 @@ class RedisBackend:
         lease: float = 30.0,
         prefix: str = "csp",
         cluster: bool = False,
+        max_connections: int = 64,
     ) -> None:
         self.timeout = timeout
         self.window = window
         self.lease: float | None = lease
         self.prefix = prefix
+        self.cluster = cluster
         self._client = _connect(url, timeout, cluster)
+        # Calls beyond this many wait for a connection (within their timeout) instead of
+        # opening ever more of them: Redis runs scripts one at a time anyway, and redis-py's
+        # pools refuse outright past their size (100) rather than wait.
+        self._connections = asyncio.Semaphore(max_connections)
         self._admit = self._client.register_script(ADMIT)
         self._settle = self._client.register_script(SETTLE)
         self._renew = self._client.register_script(RENEW)
@@ -82,7 +93,7 @@ class RedisBackend:
             int((self.lease or 0) * _US),
             self._ttl_ms,
         ]
-        reply = await self._bounded(self._admit(keys=self.keys(grant.key), args=args))
+        reply = await self._bounded(lambda: self._admit(keys=self.keys(grant.key), args=args))
         return _decision(reply)
 
     async def settle(self, grant: Grant, used_tokens: int | None) -> None:
@@ -91,10 +102,10 @@ class RedisBackend:
         _, tok, tsum, par = self.keys(grant.key)
         used = -1 if used_tokens is None or grant.limits.tpm is None else max(0, used_tokens)
         args = [grant.id, grant.tokens, used, int(self.window * _US), self._ttl_ms]
-        await self._bounded(self._settle(keys=[tok, tsum, par], args=args))
+        await self._bounded(lambda: self._settle(keys=[tok, tsum, par], args=args))
 
     async def renew(self, grants: Sequence[Grant]) -> None:
-        """One pipelined round trip: a RENEW per API key, with the ids of its slots."""
+        """Renew the leases of ``grants``: a RENEW per API key, all in one round trip."""
         ids: dict[str, list[str]] = {}
         for grant in grants:
             ids.setdefault(grant.key, []).append(grant.id)
@@ -103,7 +114,13 @@ class RedisBackend:
             (self.keys(name)[3], [lease_us, self._ttl_ms, *members])
             for name, members in ids.items()
         ]
-        await self._bounded(self._renew_pipelined(calls))
+        await self._bounded(lambda: self._renew_all(calls))
+
+    async def _renew_all(self, calls: list[tuple[str, list[int | str]]]) -> None:
+        if self.cluster:  # a cluster pipeline refuses EVALSHA: concurrent calls, one per key
+            await asyncio.gather(*(self._renew(keys=[key], args=args) for key, args in calls))
+            return
+        await self._renew_pipelined(calls)
 
     async def _renew_pipelined(self, calls: list[tuple[str, list[int | str]]]) -> None:
         """EVALSHAs in one pipeline; a server that lost its scripts (restarted) gets RENEW
@@ -122,16 +139,17 @@ class RedisBackend:
                 await self._client.script_load(RENEW)
 
     async def ping(self) -> None:
-        await self._bounded(self._client.ping())
+        await self._bounded(self._client.ping)
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _bounded(self, call: Awaitable[T]) -> T:
-        """The one boundary with Redis: bounded in time, every failure translated."""
+    async def _bounded(self, call: Callable[[], Awaitable[T]]) -> T:
+        """The one boundary with Redis: bounded in time (waiting for a connection included),
+        every failure translated."""
         try:
-            async with asyncio.timeout(self.timeout):
-                return await call
+            async with asyncio.timeout(self.timeout), self._connections:
+                return await call()
         except TimeoutError as exc:
             raise BackendUnavailable(f"Redis did not answer within {self.timeout:g} s") from exc
         except (RedisError, RedisClusterException, OSError) as exc:

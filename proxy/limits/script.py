@@ -115,11 +115,12 @@ if rpm >= 0 then
   reset_req = free_in(at, refused == 1)
 end
 if tpm >= 0 then
-  local need = 1
-  if refused == 2 then need = used + tokens - tpm end
-  -- Oldest charges first, at most 512 of them: past that, a whole window is the honest bound.
+  -- Admitted: the oldest charge. Refused: oldest first until enough would be freed, at most
+  -- 512 of them (past that, a whole window is the honest bound).
+  local need, last = 1, 0
+  if refused == 2 then need, last = used + tokens - tpm, 511 end
   local at, freed = nil, 0
-  local charges = redis.call('ZRANGE', KEYS[2], 0, 511, 'WITHSCORES')
+  local charges = redis.call('ZRANGE', KEYS[2], 0, last, 'WITHSCORES')
   for i = 1, #charges, 2 do
     freed = freed + amount(charges[i])
     if freed >= need then at = tonumber(charges[i + 1]) break end
