@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from proxy.limits.backend import Grant
-from proxy.limits.errors import BackendUnavailable
+from proxy.limits.errors import BackendUnavailable, BreakerOpen
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,9 @@ class Heartbeat:
     async def _beat(self, grants: list[Grant]) -> None:
         try:
             await self._renew(grants)
-        except BackendUnavailable as exc:
-            logger.warning("could not renew %d parallel slot(s): %s", len(grants), exc)
+        except BackendUnavailable as exc:  # the next beat tries again (see the module docstring)
+            level = logging.DEBUG if isinstance(exc, BreakerOpen) else logging.WARNING
+            logger.log(level, "could not renew %d parallel slot(s): %s", len(grants), exc)
 
     async def aclose(self) -> None:
         """Stop the task; the leases it renewed then expire by themselves."""
