@@ -1,0 +1,49 @@
+"""OpenAI's rate-limit headers and its duration format (``1s``, ``6m0s``, ``120ms``).
+
+OpenAI formats durations like Go's ``time.Duration``: clients (and people) read them, so we
+do the same rather than send plain seconds.
+"""
+
+from __future__ import annotations
+
+import math
+
+from proxy.limits.backend import Decision
+from proxy.limits.policy import KeyLimits
+
+
+def duration(seconds: float) -> str:
+    """``0.12`` -> ``120ms``, ``1.2`` -> ``1.2s``, ``360`` -> ``6m0s``, ``3725`` -> ``1h2m5s``."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{max(1, round(seconds * 1000))}ms"
+    whole_minutes, rest = divmod(round(seconds, 3), 60)
+    hours, minutes = divmod(int(whole_minutes), 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{hours}h{minutes}m{text}"
+    return f"{minutes}m{text}" if minutes else text
+
+
+def retry_after(seconds: float) -> str:
+    """``Retry-After`` in whole seconds, rounded up and at least 1 (0 would invite a spin)."""
+    return str(max(1, math.ceil(seconds)))
+
+
+def ratelimit_headers(limits: KeyLimits, decision: Decision) -> dict[str, str]:
+    """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for the configured limits.
+
+    ``reset`` is when the oldest entry leaves the window (so ``remaining`` grows again); on a
+    refusal it is when the refused request would fit.
+    """
+    headers: dict[str, str] = {}
+    if limits.rpm is not None:
+        headers["x-ratelimit-limit-requests"] = str(limits.rpm)
+        headers["x-ratelimit-remaining-requests"] = str(max(0, limits.rpm - decision.requests))
+        headers["x-ratelimit-reset-requests"] = duration(decision.reset_requests)
+    if limits.tpm is not None:
+        headers["x-ratelimit-limit-tokens"] = str(limits.tpm)
+        headers["x-ratelimit-remaining-tokens"] = str(max(0, limits.tpm - decision.tokens))
+        headers["x-ratelimit-reset-tokens"] = duration(decision.reset_tokens)
+    return headers
