@@ -11,6 +11,7 @@ failure it is and whether another attempt may help.
     ├── RequestTimeout              408 (the body trickled in too slowly)
     ├── PayloadTooLarge             413
     ├── RateLimited                 429 rate_limit_exceeded (a key's limits)
+    ├── LimitsUnavailable           503 limits_unavailable (the limits' backend is down)
     ├── ServiceUnavailable          503 (shutting down; the limits backend is down)
     ├── ModelUnavailable            503 model_unavailable (every deployment rests)
     └── UpstreamError               502; ``kind`` says which failure, ``retry`` what may help
@@ -193,11 +194,37 @@ class PayloadTooLarge(ClientError):
 
 
 class RateLimited(ClientError):
-    """A key's requests, tokens or parallel streams are over their limit."""
+    """A key is over one of its limits; ``reason`` says which (``requests``, ``tokens`` or
+    ``parallel``, for the metrics). OpenAI puts the kind of limit in ``type``: ``requests``
+    or ``tokens``; a refusal for ``max_parallel`` has type ``requests``."""
 
     status = 429
-    type = "rate_limit_error"
+    type = "requests"
     code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str,
+        reason: str,
+        retry_after: float,
+        headers: dict[str, str],
+    ) -> None:
+        super().__init__(
+            message, type="tokens" if reason == "tokens" else "requests", headers=headers
+        )
+        self.key = key
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class LimitsUnavailable(ProxyError):
+    """The limits' backend (Redis) cannot answer and ``on_backend_error`` is ``deny``."""
+
+    status = 503
+    type = "server_error"
+    code = "limits_unavailable"
 
 
 class ServiceUnavailable(ProxyError):

@@ -157,6 +157,38 @@ class Pool(_Strict):
     trust_env: bool = False  # send upstream requests through HTTP(S)_PROXY from the environment
 
 
+class KeyConfig(_Strict):
+    """A named client key: what it may use and how much (CONTRACT "Keys and limits")."""
+
+    name: str = Field(min_length=1)  # shown in logs and metrics; the key itself never is
+    key: str | None = Field(None, min_length=1, repr=False)
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", repr=False)
+    models: list[str] | None = None  # allowlist; None: every model
+    rpm: int | None = Field(None, ge=0)  # requests per minute
+    tpm: int | None = Field(None, ge=0)  # tokens per minute (prompt + completion)
+    max_parallel: int | None = Field(None, ge=0)  # requests in flight at once
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> KeyConfig:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError("give either key or key_sha256")
+        return self
+
+
+class Limits(_Strict):
+    """Where the keys' counts live."""
+
+    backend: Literal["memory", "redis"] = "memory"  # memory: this process; redis: shared
+    redis_url: str | None = Field(None, repr=False)  # may carry a password
+    on_backend_error: Literal["deny", "allow"] = "deny"  # Redis cannot answer: 503, or serve
+
+    @model_validator(mode="after")
+    def _redis_url(self) -> Limits:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("backend redis needs redis_url (redis://host:6379/0)")
+        return self
+
+
 def _default_upstreams() -> dict[str, EchoUpstream | HTTPUpstream]:
     return {"echo": EchoUpstream(type="echo")}
 
@@ -185,6 +217,8 @@ class Settings(BaseSettings):
 
     # The config file's keys.
     api_keys: list[Annotated[str, Field(min_length=1)]] = Field([], repr=False)
+    keys: list[KeyConfig] = []
+    limits: Limits = Limits()
     cors_origins: list[str] = []
     keepalive_seconds: float = Field(15.0, gt=0)
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1)
@@ -219,6 +253,17 @@ class Settings(BaseSettings):
     def _check_root_path(self) -> Settings:
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
             raise ValueError(f"root_path: must start and not end with '/', got {self.root_path!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> Settings:
+        names = [key.name for key in self.keys]
+        for index, key in enumerate(self.keys):
+            if names.count(key.name) > 1:
+                raise ValueError(f"keys.{index}.name: {key.name!r} is used twice")
+            for model in key.models or ():
+                if model not in self.models:
+                    raise ValueError(f"keys.{index}.models: unknown model {model!r}")
         return self
 
     @model_validator(mode="after")

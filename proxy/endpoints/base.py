@@ -1,11 +1,13 @@
 """What every API endpoint does before the relay takes over.
 
 An endpoint is a pure ASGI app on one route of the app's router (``proxy.app``). Its story:
-refuse new work while draining; check the key before reading the body (a refused client
+refuse new work while draining; identify the key before reading the body (a refused client
 costs nothing); read the body within its size and time limits; parse the JSON; let the
-endpoint's ``parse`` validate it into a ``Call``; get the model's routing plan; hand over to
-the relay. A subclass names its path, its request schema (for ``/openapi.json``), its format, and
-writes ``parse``.
+endpoint's ``parse`` validate it into a ``Call``; get the model's routing plan; admit it under
+the key's allowlist and limits (``Services.admit``); hand over to the relay; and, however the
+request ends, settle its limits ticket with the tokens the upstream reported. The ticket's
+``x-ratelimit-*`` headers go on every answer. A subclass names its path, its request schema
+(for ``/openapi.json``), its format, and writes ``parse``.
 
 Pure ASGI rather than a FastAPI route: the body is read by us (the size limit holds while
 reading, bad bodies get the API's own error shape, never FastAPI's 422), and the relay writes
@@ -19,13 +21,14 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from proxy.asgi import Receive, Scope, Send, header, send_json
+from proxy.asgi import Message, Receive, Scope, Send, header, send_json
 from proxy.endpoints.body import content_length, parse_json, read_body
-from proxy.errors import ProxyError
+from proxy.errors import Outcome, ProxyError, RateLimited
+from proxy.limits import Ticket
 from proxy.observability.access import Access
 from proxy.relay import Format
 from proxy.routing import Plan
-from proxy.services import Services
+from proxy.services import Services, reservation
 from proxy.upstreams.base import Call
 
 body_log = logging.getLogger("proxy.bodies")
@@ -49,18 +52,31 @@ class Endpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         access: Access = scope["state"]["access"]  # made by the AccessLog middleware
         try:
-            call, plan = await self.accept(scope, receive)
+            call, plan, ticket = await self.accept(scope, receive, access)
         except ProxyError as error:
             access.end(error.outcome, error.kind)
+            if isinstance(error, RateLimited):
+                access.limited = error.reason
             await send_json(send, error.status, self.format.error_body(error), error.headers)
             return
-        deadline = self.services.router.deadline(call.model)
-        await self.services.relay.serve(call, plan, deadline, self.format, receive, send, access)
+        try:
+            deadline = self.services.router.deadline(call.model)
+            send = with_headers(send, ticket.headers) if ticket.headers else send
+            await self.services.relay.serve(
+                call, plan, deadline, self.format, receive, send, access
+            )
+        finally:
+            await settle(ticket, access)
 
-    async def accept(self, scope: Scope, receive: Receive) -> tuple[Call, Plan]:
+    async def accept(
+        self, scope: Scope, receive: Receive, access: Access
+    ) -> tuple[Call, Plan, Ticket]:
         services = self.services
         services.drain.refuse_if_draining()
-        services.auth.check(scope)  # before reading the body: a refused client costs nothing
+        key = services.keys.identify(
+            scope
+        )  # before reading the body: a refused client costs nothing
+        access.key = key.name
         settings = services.settings
         body = await read_body(
             receive,
@@ -73,4 +89,29 @@ class Endpoint:
             text = services.scrubber.text(body.decode("utf-8", "replace"))
             body_log.info("body", extra={"fields": {"request_id": request_id, "body": text}})
         call = self.parse(parse_json(body), request_id)
-        return call, services.router.plan(call.model)
+        plan = services.router.plan(call.model)
+        tokens = reservation(len(body), call.max_tokens)
+        return call, plan, await services.admit(key, call.model, tokens, access)
+
+
+def with_headers(send: Send, headers: dict[str, str]) -> Send:
+    """``send`` adding ``headers`` to the response's start."""
+    extra = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), *extra]
+        await send(message)
+
+    return sending
+
+
+async def settle(ticket: Ticket, access: Access) -> None:
+    """End a request's limits ticket: the tokens the upstream reported; if it reported none
+    but answered, the reservation stays charged; nothing if it never answered."""
+    if access.prompt_tokens is not None or access.completion_tokens is not None:
+        await ticket.settle((access.prompt_tokens or 0) + (access.completion_tokens or 0))
+    elif access.ttft is not None or access.outcome is Outcome.COMPLETE:
+        await ticket.settle(None)
+    else:
+        await ticket.release()

@@ -20,12 +20,17 @@ def service_routes(services: Services) -> APIRouter:
         # The page calls the API itself, with the key typed into it when api_keys is set.
         return HTMLResponse(playground)
 
-    @router.get("/v1/models", summary="List the public models")
+    @router.get("/v1/models", summary="List the public models (those the key may use)")
     async def models(request: Request) -> Response:
-        services.auth.check(request.scope)
+        key = services.keys.identify(request.scope)
         data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": route.targets()[0].upstream}
-            for name, route in settings.models.items()
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": settings.models[name].targets()[0].upstream,
+            }
+            for name in services.keys.visible(key, settings.models)
         ]
         return JSONResponse({"object": "list", "data": data})
 
@@ -33,9 +38,11 @@ def service_routes(services: Services) -> APIRouter:
     async def healthz() -> Response:
         return JSONResponse({"status": "ok"})
 
-    @router.get("/readyz", summary="Ready to serve (503 while starting or draining)")
+    @router.get(
+        "/readyz", summary="Ready to serve (503 while starting, draining, or Redis is down)"
+    )
     async def readyz(request: Request) -> Response:
-        if request.app.state.ready and not services.drain.draining:
+        if request.app.state.ready and await services.ready():
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "not ready"}, status_code=503)
 

@@ -1,52 +1,24 @@
-"""The errors of admission, in the proxy's exception tree.
+"""The errors of admission.
 
-    ProxyError (proxy.errors)
-    ├── RateLimited          429 requests | tokens, code rate_limit_exceeded
-    └── LimitsUnavailable    503 server_error, code limits_unavailable (on_backend_error: deny)
+The client-facing ones live in the proxy's one exception tree (``proxy.errors``): ``RateLimited``
+(429 ``requests`` | ``tokens``, code ``rate_limit_exceeded``) and ``LimitsUnavailable`` (503,
+``on_backend_error: deny``), both carrying their headers (``Retry-After``, ``x-ratelimit-*``).
+The internal ones are here:
 
-    BackendUnavailable       internal: the backend could not answer (timeout, refused); the
-    └── BreakerOpen          Limiter turns it into LimitsUnavailable or a miss. BreakerOpen:
-                             not tried, it failed moments ago.
-
-Both client-facing errors carry their response headers (``Retry-After``, ``x-ratelimit-*``).
+    BackendUnavailable       the backend could not answer (timeout, refused); the Limiter
+    └── BreakerOpen          turns it into LimitsUnavailable or a miss. BreakerOpen: not
+                             tried, it failed moments ago.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from proxy.errors import ProxyError
+from proxy.errors import LimitsUnavailable, RateLimited
 
 Reason = Literal["requests", "tokens", "parallel"]
 
-
-class RateLimited(ProxyError):
-    """A key is over one of its limits; ``reason`` says which (for metrics).
-
-    OpenAI puts the kind of limit in ``type``: ``requests`` or ``tokens``. A request refused for
-    ``max_parallel`` has type ``requests`` (OpenAI has no such limit; it is one on requests).
-    """
-
-    status = 429
-    type = "requests"
-    code = "rate_limit_exceeded"
-
-    def __init__(
-        self, message: str, *, key: str, reason: Reason, retry_after: float, headers: dict[str, str]
-    ) -> None:
-        kind = "tokens" if reason == "tokens" else "requests"
-        super().__init__(message, type=kind, headers=headers)
-        self.key = key
-        self.reason: Reason = reason
-        self.retry_after = retry_after
-
-
-class LimitsUnavailable(ProxyError):
-    """The limits' backend cannot answer and ``on_backend_error`` is ``deny``."""
-
-    status = 503
-    type = "server_error"
-    code = "limits_unavailable"
+__all__ = ["BackendUnavailable", "BreakerOpen", "LimitsUnavailable", "RateLimited", "Reason"]
 
 
 class BackendUnavailable(Exception):

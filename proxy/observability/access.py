@@ -49,6 +49,8 @@ class Access:
     kind: Kind | None = None  # which upstream failure, when outcome is UPSTREAM
     answered_by: str | None = None  # the deployment that answered (upstream/model)
     answered_as: str | None = None  # the public model that answered (a fallback's name)
+    key: str | None = None  # the client key's name (never the key)
+    limited: str | None = None  # refused by a limit: requests, tokens or parallel
     attempts: list[tuple[str, str]] = field(default_factory=list)  # (deployment, ok|kind)
     retries: int = 0
     fallbacks: list[str] = field(default_factory=list)
@@ -86,6 +88,7 @@ class Access:
         return {
             "request_id": self.request_id,
             "client": self.client,
+            "key": self.key,
             "method": self.method,
             "path": self.path,
             "status": self.status,
@@ -98,6 +101,7 @@ class Access:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "outcome": self.outcome_name,
+            "limited": self.limited,
             "attempts": len(self.attempts) or None,
             "tried": ",".join(f"{name}:{result}" for name, result in self.attempts) or None,
             "answered_as": self.answered_as if self.answered_as != self.model else None,
@@ -142,7 +146,7 @@ class AccessLog:
             await self.app(scope, receive, send_with_id)
         finally:
             duration = time.perf_counter() - access.started
-            if self.metrics is not None and access.model is not None:
-                self.metrics.finish(access, duration)
+            if self.metrics is not None:
+                self.metrics.finish(access, duration)  # by key, and by model when known
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info("access", extra={"fields": access.fields(duration)})

@@ -135,6 +135,38 @@ class Metrics:
             registry=registry,
         )
 
+        self.key_requests = Counter(
+            "proxy_key_requests",
+            "Requests by client key name (never the key) and status.",
+            ("key", "status"),
+            registry=registry,
+        )
+        self.key_tokens = Counter(
+            "proxy_key_tokens",
+            "Tokens by client key name, as the upstream reported them.",
+            ("key", "type"),
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "proxy_rate_limited",
+            "Requests refused by a key's limits, by reason: requests, tokens, parallel.",
+            ("key", "reason"),
+            registry=registry,
+        )
+        self.limits_backend = Gauge(
+            "proxy_limits_backend",
+            "1 for the limits backend breaker's current state (closed, open, half_open).",
+            ("state",),
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.limits_misses = Gauge(
+            "proxy_limits_misses",
+            "Requests let through unchecked while the limits backend was down (allow).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def child(self, metric: Any, *labels: str) -> Any:
@@ -160,8 +192,28 @@ class Metrics:
         in_flight.inc()
         return self.child(self.chunk_gap, *labels), in_flight
 
+    def limits_state(self, state: str, misses: int) -> None:
+        for name in ("closed", "open", "half_open"):
+            self.child(self.limits_backend, name).set(1 if state == name else 0)
+        self.limits_misses.set(misses)
+
     def finish(self, access: Access, duration: float) -> None:
         """Account for one finished request."""
+        if access.key is not None:
+            self._key(access)
+        if access.model is not None:
+            self._model(access, duration)
+
+    def _key(self, access: Access) -> None:
+        key = access.key or ""
+        self.child(self.key_requests, key, str(access.status)).inc()
+        if access.limited is not None:
+            self.child(self.rate_limited, key, access.limited).inc()
+        if access.prompt_tokens is not None:
+            self.child(self.key_tokens, key, "prompt").inc(access.prompt_tokens)
+            self.child(self.key_tokens, key, "completion").inc(access.completion_tokens or 0)
+
+    def _model(self, access: Access, duration: float) -> None:
         model, upstream = access.model or "", access.upstream or ""
         stream = "true" if access.stream else "false"
         self.child(self.requests, model, upstream, stream, str(access.status)).inc()
