@@ -156,7 +156,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def create_app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory`` (used with several workers): settings from env."""
+    """Factory for ``uvicorn --factory`` (used with several workers): settings from env. Each
+    worker is a new process: its logging is set up here, as ``serve`` did for the parent."""
+    from proxy.observability.logs import setup_logging
     from proxy.settings import load_settings
 
-    return create_app(load_settings())
+    settings = load_settings()
+    setup_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

@@ -94,7 +94,21 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     setup_logging(settings.log_level, settings.log_format)
-    models = ", ".join(f"{name} -> {route.upstream}" for name, route in settings.models.items())
+    if settings.workers > 1:
+        try:
+            _metrics_directory()
+        except OSError as exc:
+            print(
+                "chat-stream-proxy: --workers needs a writable directory for the shared "
+                f"metrics: {exc.strerror or exc} (set PROMETHEUS_MULTIPROC_DIR, or mount a tmpfs "
+                "at /tmp)",
+                file=sys.stderr,
+            )
+            raise SystemExit(2) from None
+    models = ", ".join(
+        f"{name} -> {'|'.join(target.upstream for target in route.targets())}"
+        for name, route in settings.models.items()
+    )
     print(
         f"chat-stream-proxy: serving http://{settings.host}:{settings.port}/v1 ({models})",
         file=sys.stderr,
@@ -114,6 +128,9 @@ def serve(settings: Settings) -> None:
         # uvicorn's httptools protocol with a bound on request heads (proxy.server); a string,
         # so that each worker process imports it.
         "http": "proxy.server:ProxyHTTPProtocol",
+        # The proxy's own log format for uvicorn's lines too (uvicorn's default config would put
+        # plain-text handlers back on its loggers, mixing formats in a JSON log).
+        "log_config": None,
         # The app ends its own streams after the grace period (proxy.shutdown); this is a backstop.
         "timeout_graceful_shutdown": settings.shutdown_grace_seconds + 5,
     }
@@ -122,7 +139,6 @@ def serve(settings: Settings) -> None:
 
         uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
         return
-    _metrics_directory()
     # Each worker process builds its own app from the environment: pass the flags on.
     for key, value in (
         ("config", settings.config),

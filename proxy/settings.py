@@ -347,11 +347,25 @@ def load_settings(**overrides: Any) -> Settings:
     problem, ready to be printed as the one line of a failed start-up.
     """
     flags = {key: value for key, value in overrides.items() if value is not None}
-    source = flags.get("config") or os.environ.get(ENV_PREFIX + "CONFIG") or "environment"
+    file = flags.get("config") or os.environ.get(ENV_PREFIX + "CONFIG")
     try:
         return Settings(**flags)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+        raise ConfigError(
+            f"{_source(exc, flags, file)}: {describe_validation_error(exc)}"
+        ) from None
+
+
+def _source(exc: ValidationError, flags: dict[str, Any], file: Any) -> str:
+    """Where the first bad value came from: a flag, a ``PROXY_*`` variable, or the file."""
+    first = exc.errors(include_url=False)[0]["loc"]
+    field = str(first[0]) if first else ""
+    if field in flags:
+        return "command line"
+    variable = ENV_PREFIX + field.upper()
+    if variable in os.environ or any(k.startswith(variable + "__") for k in os.environ):
+        return "environment"  # env beats the file: the bad value is the variable's
+    return str(file) if file else "environment"
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -212,3 +212,46 @@ def test_bad_config_env_fails_start(tmp_path: Path) -> None:
         result.stderr.strip()
         == "chat-stream-proxy: config error: environment: workers: Input should be greater than or equal to 1"
     )
+
+
+def test_bad_env_value_is_blamed_on_the_environment_not_the_file(tmp_path: Path) -> None:
+    env: dict[str, Any] = {
+        **os.environ,
+        "PROXY_CONFIG": str(ROOT / "config" / "proxy.yaml"),
+        "PROXY_KEEPALIVE_SECONDS": "soon",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(
+        "chat-stream-proxy: config error: environment: keepalive_seconds: "
+    )
+
+
+def test_workers_without_a_writable_metrics_directory_is_one_line(tmp_path: Path) -> None:
+    env: dict[str, Any] = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": "/proc/not-writable"}
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "--workers", "2", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "writable directory" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_json_log_format_covers_uvicorns_lines_too(tmp_path: Path) -> None:
+    port = free_port()
+    args = [sys.executable, "-m", "proxy", "--port", str(port)]
+    with proxy_process(args, tmp_path, {"PROXY_LOG_FORMAT": "json"}, port) as (process, url, log):
+        httpx.get(f"{url}/healthz")
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    assert lines[0].startswith("chat-stream-proxy: serving")  # the one human line, on purpose
+    rest = [json.loads(line) for line in lines[1:]]  # every other line is JSON
+    assert any(entry["logger"].startswith("uvicorn") for entry in rest)
