@@ -100,12 +100,13 @@ class Exchange(asyncio.Protocol):
             self.done.set_result(None)
 
 
-def build_request(url: str, body: dict[str, Any]) -> bytes:
+def build_request(url: str, body: dict[str, Any], key: str = "") -> bytes:
     parts = urlsplit(url)
     payload = orjson.dumps(body)
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
     return (
         f"POST {parts.path or '/'}v1/chat/completions HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        f"Content-Type: application/json\r\n{auth}Content-Length: {len(payload)}\r\n\r\n"
     ).encode().replace(b"//v1", b"/v1") + payload
 
 
@@ -141,7 +142,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "bench_chunks": args.chunks,
         "bench_interval_ms": args.interval_ms,
     }
-    raw = build_request(args.url, body)
+    raw = build_request(args.url, body, args.key)
     results: list[dict[str, Any]] = []
     started = time.time()
     until = started + args.seconds
@@ -192,6 +193,7 @@ def main() -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--mode", choices=["stream", "json"], default="stream")
     parser.add_argument("--model", default="bench")
+    parser.add_argument("--key", default="", help="sent as Authorization: Bearer")
     parser.add_argument("--users", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--chunks", type=int, default=20)

@@ -119,10 +119,11 @@ def load(url: str, **options: Any) -> dict[str, Any]:
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
-def wrk(url: str, users: int, seconds: float) -> dict[str, float]:
+def wrk(url: str, users: int, seconds: float, key: str = "") -> dict[str, float]:
     """Plain request rate and latency percentiles from wrk (non-stream requests)."""
     args = [
         "wrk",
+        *(["-H", f"Authorization: Bearer {key}"] if key else []),
         "-t1",
         f"-c{users}",
         f"-d{max(1, round(seconds))}s",
@@ -187,6 +188,34 @@ class Table:
         return "\n".join(lines)
 
 
+BENCH_KEY = "sk-bench-limited-key"
+
+
+def limits_config(kind: str, redis_url: str | None) -> str:
+    """A key whose limits are never reached (the bench measures admission, not refusals)."""
+    if kind == "none":
+        return ""
+    big = 10**12
+    backend = f"{{backend: redis, redis_url: '{redis_url}'}}" if kind == "redis" else "{}"
+    return (
+        f"keys: [{{name: bench, key: {BENCH_KEY}, rpm: {big}, tpm: {big}, "
+        f"max_parallel: 1000000}}]\nlimits: {backend}\n"
+    )
+
+
+@contextmanager
+def redis_for(kind: str, tmp: Path) -> Iterator[str | None]:
+    """A redis-server on a free port (core 1) for ``--limits redis``; None otherwise."""
+    if kind != "redis":
+        yield None
+        return
+    port = free_port()
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    args += ["--appendonly", "no", "--dir", str(tmp)]
+    with process(pinned(1, args), port, tmp / "redis.log"):
+        yield f"redis://127.0.0.1:{port}/0"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -203,6 +232,13 @@ def main() -> int:
         "--core", action="store_true", help="only the c=1 and c=16 rates, TTFT and CPU costs"
     )
     parser.add_argument("--no-metrics", action="store_true", help="the proxy with metrics: false")
+    parser.add_argument(
+        "--limits",
+        choices=["none", "memory", "redis"],
+        default="none",
+        help="requests carry a key with (never reached) limits, counted in memory or in a "
+        "Redis the bench starts (Debian's redis-server)",
+    )
     args = parser.parse_args()
     quick = args.quick
     seconds = 0.3 if quick else 3.0
@@ -211,10 +247,10 @@ def main() -> int:
     up_port, proxy_port = free_port(), free_port()
     direct, proxied = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{proxy_port}"
     table = Table()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, redis_for(args.limits, Path(tmp)) as redis_url:
         config = Path(tmp) / "bench.yaml"
         config.write_text(
-            "keepalive_seconds: 15\n"
+            limits_config(args.limits, redis_url) + "keepalive_seconds: 15\n"
             f"metrics: {'false' if args.no_metrics else 'true'}\n"
             f"pool: {{max_connections: 20000, transport: {args.transport}}}\n"
             f"upstreams: {{up: {{type: openai, base_url: 'http://127.0.0.1:{up_port}/v1'}},\n"
@@ -230,21 +266,22 @@ def main() -> int:
         proxy_cmd = pinned(
             0, [sys.executable, "-m", "proxy", "--config", str(config), "--port", str(proxy_port)]
         )
+        auth = {"key": BENCH_KEY} if args.limits != "none" else {}
         with (
             process(upstream_cmd, up_port, Path(tmp) / "upstream.log"),
             process(proxy_cmd, proxy_port, Path(tmp) / "proxy.log") as proxy,
         ):
             stats = ProcStats(proxy.pid)
             # warm up both paths (imports, pools, JIT-free but caches)
-            load(proxied, mode="stream", users=4, seconds=0.5)
-            load(proxied, mode="json", users=4, seconds=0.5)
+            load(proxied, **auth, mode="stream", users=4, seconds=0.5)
+            load(proxied, **auth, mode="json", users=4, seconds=0.5)
 
             cpu_request = cpu_chunk = float("nan")
             for users in levels:
                 if use_wrk:
                     d = wrk(direct, users, seconds)
                     before = stats.cpu()
-                    p = wrk(proxied, users, seconds)
+                    p = wrk(proxied, users, seconds, **auth)
                     cpu = stats.cpu() - before
                     d_rate, p_rate, d_p99, p_p99 = d["rate"], p["rate"], d["p99"], p["p99"]
                     errors = p["errors"]
@@ -252,7 +289,7 @@ def main() -> int:
                 else:
                     d = load(direct, mode="json", users=users, seconds=seconds)
                     before = stats.cpu()
-                    p = load(proxied, mode="json", users=users, seconds=seconds)
+                    p = load(proxied, **auth, mode="json", users=users, seconds=seconds)
                     cpu = stats.cpu() - before
                     d_rate, p_rate = d["ok"] / d["seconds"], p["ok"] / p["seconds"]
                     d_p99, p_p99 = pct(d["latency"], 0.99), pct(p["latency"], 0.99)
@@ -267,7 +304,7 @@ def main() -> int:
             for users in levels:
                 d = load(direct, mode="stream", users=users, seconds=seconds)
                 before = stats.cpu()
-                p = load(proxied, mode="stream", users=users, seconds=seconds)
+                p = load(proxied, **auth, mode="stream", users=users, seconds=seconds)
                 cpu = stats.cpu() - before
                 table.add(
                     f"stream 20 chunks c={users}: streams/s",
@@ -282,13 +319,15 @@ def main() -> int:
                     # CPU per chunk: the slope between 20- and 100-chunk streams, so the
                     # per-stream cost (request, headers, setup) cancels out.
                     before = stats.cpu()
-                    long = load(proxied, mode="stream", users=users, seconds=seconds, chunks=100)
+                    long = load(
+                        proxied, **auth, mode="stream", users=users, seconds=seconds, chunks=100
+                    )
                     per_long = (stats.cpu() - before) / max(1, long["ok"])
                     cpu_chunk = (per_long - cpu / p["ok"]) / 80
 
             # A failover's cost: time to first token with the primary failing fast (refused).
             d = load(direct, mode="stream", users=1, seconds=seconds)
-            p = load(proxied, mode="stream", users=1, seconds=seconds, model="failover")
+            p = load(proxied, **auth, mode="stream", users=1, seconds=seconds, model="failover")
             table.percentiles("failover c=1 (primary refused): TTFT", d["ttft"], p["ttft"])
 
             cpu_note = f"{cpu_request * 1e6:.0f} us"
@@ -299,7 +338,7 @@ def main() -> int:
                 print(table.render())
                 return 0
             slow = {"mode": "stream", "users": 8, "seconds": 1 if quick else 5, "interval_ms": 50}
-            d, p = load(direct, **slow), load(proxied, **slow)
+            d, p = load(direct, **slow), load(proxied, **auth, **slow)
             table.percentiles("50 ms stream c=8: TTFT", d["ttft"], p["ttft"])
             table.percentiles("50 ms stream c=8: chunk delay", d["delays"], p["delays"])
 
@@ -316,7 +355,7 @@ def main() -> int:
                 }
                 d = load(direct, **run)
                 with stats.sampling():
-                    p = load(proxied, **run)
+                    p = load(proxied, **auth, **run)
                 table.add(
                     f"{users} streams x {chunks} chunks, 1 per {interval / 1000:g} s: completed",
                     d["ok"],
