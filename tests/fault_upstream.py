@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.fake_upstream import Recorded, Reply
+from tests.fake_upstream import Recorded, Reply, completion
 
 Step = Callable[[Recorded, Reply, str], Awaitable[None]]
 
@@ -48,19 +48,8 @@ def words(name: str) -> list[str]:
     return ["ok", " from", f" {name}"]
 
 
-def completion_body(text: str, usage: bool = True) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": "c",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "x",
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-        ],
-    }
-    if usage:
-        body["usage"] = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-    return body
+def completion_body(text: str) -> dict[str, Any]:
+    return completion(text, {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5})
 
 
 def streaming(request: Recorded) -> bool:
