@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the image from ./Dockerfile and run the container tests (tests/container) against it in
-# real containers: podman, nginx on the host in front of two replicas, and compose.yaml brought
-# up by podman-compose.
+# real containers: podman, nginx on the host in front of two replicas, and compose.yaml (nginx,
+# two replicas, Redis for their limits) brought up by podman-compose.
 #
 #   scripts/container-test.sh [PYTHON]
 #
@@ -12,9 +12,9 @@
 # (default /var/cache/chat-stream-proxy-ci), rebuilt when missing or older than a week.
 #
 # What differs from a Docker host is printed where it applies and listed again at the end:
-#  - base images: docker.io/library/python:3.11-slim (and nginx for compose.yaml) are pulled
-#    when the registry can be reached; where not, stand-ins are built from Debian's own
-#    packages with mmdebstrap (Debian's Python 3.11 and nginx) and the build uses
+#  - base images: docker.io/library/python:3.11-slim (and nginx and redis for compose.yaml) are
+#    pulled when the registry can be reached; where not, stand-ins are built from Debian's own
+#    packages with mmdebstrap (Debian's Python 3.11, nginx and redis-server) and the build uses
 #    `podman build --from <stand-in>`: the Dockerfile itself is built unchanged;
 #  - the build: --isolation chroot, --network host and this machine's CA bundle mounted into
 #    the build steps (pip reaches the package index through a TLS-inspecting proxy here; the
@@ -88,6 +88,7 @@ cleanup() {
     | xargs -r podman rm --force --time 0 >/dev/null 2>&1
   podman network rm --force "${project}_default" >/dev/null 2>&1
   podman ps --all --quiet --filter "label=$label" | xargs -r podman rm --force --time 0 >/dev/null 2>&1
+  podman network ls --quiet --filter "label=$label" | xargs -r podman network rm --force >/dev/null 2>&1
   # Every image (tagged, or a build's intermediate layers) that was not there before this run.
   for _ in 1 2 3; do
     podman images --all --quiet --no-trunc | sort -u >"$work/images.after"
@@ -128,6 +129,20 @@ nginx_standin() {
     --customize-hook='rm -f "$1"/etc/nginx/sites-enabled/default' \
     --customize-hook='ln -sf /dev/stdout "$1"/var/log/nginx/access.log' \
     --customize-hook='ln -sf /dev/stderr "$1"/var/log/nginx/error.log' \
+    bookworm "$1"
+}
+
+# shellcheck disable=SC2016
+redis_standin() {
+  # As the official image: user redis with uid 999 (added before the package's postinst would
+  # pick another), /data owned by it as the working directory.
+  mmdebstrap --quiet --format=tar --variant=minbase --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+    --essential-hook='echo "redis:x:999:999::/var/lib/redis:/usr/sbin/nologin" >>"$1"/etc/passwd' \
+    --essential-hook='echo "redis:x:999:" >>"$1"/etc/group' \
+    --include=redis-server \
+    --customize-hook='mkdir -m 0755 "$1"/data && chown 999:999 "$1"/data' \
     bookworm "$1"
 }
 
@@ -174,6 +189,10 @@ python_base=$base_ref
 base_image docker.io/library/nginx:1.28 nginx_standin \
   'CMD ["nginx", "-g", "daemon off;"]' 'STOPSIGNAL SIGQUIT' 'EXPOSE 80'
 nginx_image=$base_ref
+# The official image starts as root and drops to redis, with protected mode compiled off.
+base_image docker.io/library/redis:7 redis_standin 'USER redis' 'WORKDIR /data' 'EXPOSE 6379' \
+  'CMD ["redis-server", "--protected-mode", "no"]'
+redis_image=$base_ref
 
 # --- the runtime ------------------------------------------------------------------------------
 say "container runtime"
@@ -288,7 +307,8 @@ fi
 
 say "container tests (tests/container)"
 export PROXY_CONTAINER_IMAGE="$image" PROXY_CONTAINER_LABEL="$label"
-export PROXY_CONTAINER_NGINX_IMAGE="$nginx_image" PROXY_CONTAINER_COMPOSE_PROJECT="$project"
+export PROXY_CONTAINER_NGINX_IMAGE="$nginx_image" PROXY_CONTAINER_REDIS_IMAGE="$redis_image"
+export PROXY_CONTAINER_COMPOSE_PROJECT="$project"
 started=$(date +%s.%N)
 "$python" -m pytest tests/container -p no:cacheprovider -v -s --junitxml="$work/junit.xml"
 tests_seconds=$(seconds_since "$started")

@@ -155,17 +155,19 @@ def test_example_configs_load(monkeypatch: pytest.MonkeyPatch) -> None:
     qwen = load_settings(config=str(ROOT / "config" / "qwen.yaml"))
     assert qwen.upstreams["dashscope"].resolve_key() == "sk-dashscope-example"  # type: ignore[union-attr]
     assert qwen.models["qwq-32b"].force_stream
+    shared = load_settings(config=str(ROOT / "config" / "proxy-redis.yaml"))  # compose.yaml's
+    assert shared.limits.backend == "redis" and [key.name for key in shared.keys] == ["demo"]
 
 
 def test_kubernetes_example_is_consistent(tmp_path: Path) -> None:
     import yaml
 
-    docs = {
-        d["kind"]: d for d in yaml.safe_load_all((ROOT / "config" / "kubernetes.yaml").read_text())
-    }
+    manifest = yaml.safe_load_all((ROOT / "config" / "kubernetes.yaml").read_text())
+    docs = {d["kind"]: d for d in manifest if d["metadata"]["name"] == "chat-stream-proxy"}
     path = tmp_path / "proxy.yaml"
     path.write_text(docs["ConfigMap"]["data"]["proxy.yaml"])
     settings = load_settings(config=str(path))  # the embedded config is valid
+    assert settings.limits.backend == "redis" and settings.keys
     pod = docs["Deployment"]["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] > settings.shutdown_grace_seconds
     container = pod["containers"][0]

@@ -2,34 +2,54 @@
 
 config/kubernetes.yaml is validated offline (kubernetes-validate carries the schemas) and must
 agree with the Dockerfile: port, probes, user, read-only root with a writable /tmp, and a
-termination grace above the proxy's own drain. These run in every `python -m pytest`; the last
-one also runs the manifest's config in the image, as the pod would.
+termination grace above the proxy's own drain; and the proxy's config must reach its Redis
+through the manifest's Service. These run in every `python -m pytest`; the last one also runs
+the manifest's config in the image next to Redis, as the pods would.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import os
 import shlex
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
 import requests
 import yaml
 
-from tests.container.engine import ROOT, container, mounted
+from tests.container.engine import CONTAINER_LABEL, ROOT, container, mounted, podman
 
 MANIFEST = ROOT / "config" / "kubernetes.yaml"
+PROXY = "chat-stream-proxy"  # the name of the proxy's ConfigMap, Deployment and Service
+# The manifest's example key: its digest is in the ConfigMap.
+EXAMPLE_KEY = "sk-team-a-change-me"
+# scripts/container-test.sh: the official redis:7, or a stand-in from Debian's redis-server.
+REDIS_IMAGE = os.environ.get("PROXY_CONTAINER_REDIS_IMAGE", "")
 
 
 def documents() -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(MANIFEST.read_text()) if doc]
 
 
-def kind(name: str) -> dict[str, Any]:
-    return next(doc for doc in documents() if doc["kind"] == name)
+def kind(name: str, named: str = PROXY) -> dict[str, Any]:
+    return next(
+        doc for doc in documents() if doc["kind"] == name and doc["metadata"]["name"] == named
+    )
+
+
+def proxy_config() -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(kind("ConfigMap")["data"]["proxy.yaml"])
+    return config
 
 
 def dockerfile() -> dict[str, Any]:
@@ -119,7 +139,7 @@ def test_manifest_agrees_with_the_image() -> None:
 
 def test_termination_grace_covers_the_drain() -> None:
     spec = kind("Deployment")["spec"]["template"]["spec"]
-    config = yaml.safe_load(kind("ConfigMap")["data"]["proxy.yaml"])
+    config = proxy_config()
     drain = float(config["shutdown_grace_seconds"])
     pre_stop = proxy_container()["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
@@ -137,21 +157,121 @@ def test_compose_file_agrees_with_the_image() -> None:
         drain = float(default_grace.removeprefix("${PROXY_SHUTDOWN_GRACE_SECONDS:-").rstrip("}"))
         assert float(proxy["stop_grace_period"].removesuffix("s")) > drain
         config = dockerfile()["ENV"]["PROXY_CONFIG"]
-        assert any(volume.endswith(f":{config}:ro") for volume in proxy["volumes"])
+        [mounted] = [v for v in proxy["volumes"] if v.endswith(f":{config}:ro")]
+        # The replicas' config: limits in the compose file's Redis, which they depend on.
+        limits = yaml.safe_load((ROOT / mounted.split(":")[0]).read_text())["limits"]
+        url = urlsplit(limits["redis_url"])
+        assert limits["backend"] == "redis" and url.port == 6379
+        assert url.hostname in spec["services"] and url.hostname in proxy["depends_on"]
     assert spec["services"]["nginx"]["ports"][0].endswith(":8080")
+    redis = spec["services"]["redis"]
+    assert redis["read_only"] is True and redis["tmpfs"] == ["/data"]  # its working directory
+    assert "ports" not in redis  # the replicas alone reach it, on the compose network
+    command = redis["command"]
+    assert command[command.index("--save") + 1] == "" and "--appendonly" in command
+
+
+def test_redis_is_where_the_proxys_config_looks_for_it() -> None:
+    """The proxy's redis_url names the Redis Service and its port; the Service selects the Redis
+    pods, the NetworkPolicy lets the proxy's pods in; Redis keeps nothing, read-only."""
+    limits = proxy_config()["limits"]
+    assert limits["backend"] == "redis"
+    url = urlsplit(limits["redis_url"])
+    service = kind("Service", url.hostname or "")["spec"]
+    deployment = kind("Deployment", url.hostname or "")["spec"]
+    pod = deployment["template"]
+    assert deployment["replicas"] == 1  # one store for every proxy replica
+    assert service["selector"] == pod["metadata"]["labels"] == deployment["selector"]["matchLabels"]
+    redis = pod["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in redis["ports"]}
+    [port] = service["ports"]
+    assert port["port"] == url.port == ports[port["targetPort"]] == 6379
+    args = redis["args"]
+    assert args[0] == "redis-server"
+    assert args[args.index("--save") + 1] == "" and args[args.index("--appendonly") + 1] == "no"
+    assert redis["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in redis["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert "emptyDir" in volumes[mounts["/data"]]
+    assert pod["spec"]["securityContext"]["runAsUser"] == 999  # the official image's redis
+    policy = kind("NetworkPolicy", url.hostname or "")["spec"]
+    assert policy["podSelector"]["matchLabels"] == pod["metadata"]["labels"]
+    [allowed] = policy["ingress"]
+    proxy_labels = kind("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert allowed["from"] == [{"podSelector": {"matchLabels": proxy_labels}}]
+    # The example key's digest, as the comment says.
+    digest = hashlib.sha256(EXAMPLE_KEY.encode()).hexdigest()
+    assert [key["key_sha256"] for key in proxy_config()["keys"]] == [digest]
+
+
+@contextmanager
+def redis_as_the_pod_runs_it(network: str) -> Iterator[str]:
+    """The manifest's Redis container (its user, args, read-only root and /data), reachable as
+    its Service's name on ``network``; yields the container's name."""
+    if not REDIS_IMAGE:
+        pytest.fail("PROXY_CONTAINER_REDIS_IMAGE is not set: scripts/container-test.sh sets it")
+    host = urlsplit(proxy_config()["limits"]["redis_url"]).hostname or ""
+    pod = kind("Deployment", host)["spec"]["template"]["spec"]
+    redis = pod["containers"][0]
+    user = f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
+    name = f"csp-test-redis-{uuid.uuid4().hex[:10]}"
+    podman(
+        "run", "--detach", "--name", name, "--label", CONTAINER_LABEL, "--network", network,
+        "--network-alias", host, "--user", user, "--read-only", "--tmpfs", "/data",
+        REDIS_IMAGE, *redis["args"],
+    )  # fmt: skip
+    try:
+        probe = redis["readinessProbe"]["exec"]["command"]
+        deadline = time.monotonic() + 10
+        while podman("exec", name, *probe, check=False).strip() != "PONG":
+            assert time.monotonic() < deadline, podman("logs", name, check=False)
+            time.sleep(0.1)
+        yield name
+    finally:
+        podman("rm", "--force", "--time", "0", name, check=False)
 
 
 @pytest.mark.usefixtures("image")
 def test_the_manifests_config_runs_in_the_image_as_the_pod_would(tmp_path: Path) -> None:
+    """The proxy as its pod runs it, next to Redis as its pod runs it: probes, the models the
+    example key may use; then Redis stopped: not ready (out of the Service) but alive (not
+    restarted); started again: ready again."""
     proxy = proxy_container()
     user = kind("Deployment")["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
     config = kind("ConfigMap")["data"]["proxy.yaml"]
-    options = [*mounted(tmp_path, config), "--env", "OPENAI_API_KEY=sk-not-used"]
-    options += ["--user", str(user), "--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp"]
-    with container(*options) as pod:
-        for probe in ("readinessProbe", "livenessProbe"):
-            path = proxy[probe]["httpGet"]["path"]
-            assert requests.get(f"{pod.url}{path}", timeout=5).status_code == 200, probe
-        models = requests.get(f"{pod.url}/v1/models", timeout=5).json()
-        names = sorted(model["id"] for model in models["data"])
+    network = f"csp-test-{uuid.uuid4().hex[:10]}"
+    podman("network", "create", "--label", CONTAINER_LABEL, network)
+    try:
+        options = [*mounted(tmp_path, config), "--env", "OPENAI_API_KEY=sk-not-used"]
+        options += ["--user", str(user), "--read-only", "--read-only-tmpfs=false"]
+        options += ["--tmpfs", "/tmp", "--network", network]
+        with redis_as_the_pod_runs_it(network) as redis, container(*options) as pod:
+            probes = {
+                name: proxy[name]["httpGet"]["path"] for name in ("readinessProbe", "livenessProbe")
+            }
+
+            def probed() -> dict[str, int]:
+                return {
+                    name: requests.get(f"{pod.url}{path}", timeout=5).status_code
+                    for name, path in probes.items()
+                }
+
+            up = probed()
+            auth = {"Authorization": f"Bearer {EXAMPLE_KEY}"}
+            models = requests.get(f"{pod.url}/v1/models", headers=auth, timeout=5).json()
+            anonymous = requests.get(f"{pod.url}/v1/models", timeout=5).status_code
+            podman("stop", "--time", "5", redis)
+            down = probed()
+            podman("start", redis)
+            started = time.monotonic()
+            while probed()["readinessProbe"] != 200:
+                assert time.monotonic() - started < 10, "not ready 10 s after Redis started"
+                time.sleep(0.2)
+            print(f"\npod: ready again {time.monotonic() - started:.1f} s after Redis started")
+    finally:
+        podman("network", "rm", "--force", network, check=False)
+    assert up == {"readinessProbe": 200, "livenessProbe": 200}
+    assert down == {"readinessProbe": 503, "livenessProbe": 200}
+    assert anonymous == 401
+    names = sorted(model["id"] for model in models["data"])
     assert names == sorted(yaml.safe_load(config)["models"])
