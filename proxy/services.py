@@ -74,10 +74,8 @@ class Services:
             if self.metrics is not None:
                 self.metrics.limits_state(self.limiter.state, self.limiter.misses)
 
-    async def ready(self) -> bool:
-        """Ready to serve: not draining, and the limits' backend answers (Redis)."""
-        if self.drain.draining:
-            return False
+    async def limits_ready(self) -> bool:
+        """Can the limits be checked now? (Always, in memory; Redis must answer.)"""
         return self.settings.limits.backend == "memory" or await self.limiter.ready()
 
     async def aclose(self) -> None:

@@ -154,15 +154,41 @@ def interim(kind: str) -> Any:
             reply.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             await reply.writer.drain()
             await asyncio.sleep(0.05)  # in its own packet
-        if request.json().get("stream"):
+        stream = bool(request.json().get("stream"))
+        if kind == "extra":  # the answer, then at once a whole response nobody asked for
+            await (sse_response(*answer_events(text)) if stream else _json(text))(request, reply)
+            await reply.json(200, completion("INJECTED"))
+            await sse_response(*answer_events("INJECTED"))(request, reply)
+        elif kind == "extra-same-packet":
+            reply.writer.write(raw_answer(text, stream) + raw_answer("INJECTED", not stream))
+            await reply.writer.drain()
+        elif kind == "extra-later":  # the answer; 20 ms later, while the connection is idle,
+            reply.writer.write(raw_answer(text, stream))  # one nobody asked for
+            await reply.writer.drain()
+            await asyncio.sleep(0.02)
+            reply.writer.write(raw_answer("INJECTED", not stream))
+            await reply.writer.drain()
+        elif stream:
             await sse_response(*answer_events(text))(request, reply)
         else:
             await reply.json(200, completion(text))
-        if kind == "extra":  # a whole second response nobody asked for
-            await reply.json(200, completion("INJECTED"))
-            await sse_response(*answer_events("INJECTED"))(request, reply)
 
     return handler
+
+
+def _json(text: str) -> Any:
+    async def handler(request: Recorded, reply: Reply) -> None:
+        await reply.json(200, completion(text))
+
+    return handler
+
+
+def raw_answer(text: str, stream: bool) -> bytes:
+    """A whole HTTP response answering ``text``, as bytes (Content-Length framed)."""
+    body = b"".join(answer_events(text)) if stream else json.dumps(completion(text)).encode()
+    kind = b"text/event-stream" if stream else b"application/json"
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n" % (kind, len(body))
+    return head + body
 
 
 def completion(text: str) -> dict[str, Any]:
@@ -184,13 +210,17 @@ def answer_of(response: requests.Response, stream: bool) -> str:
     return str(response.json()["choices"][0]["message"]["content"])
 
 
-@pytest.mark.parametrize("kind", ["103", "100", "extra"])
+@pytest.mark.parametrize("kind", ["103", "100", "extra", "extra-same-packet", "extra-later"])
 def test_each_client_gets_its_own_answer(kind: str) -> None:
     with proxy_to(interim(kind)) as (url, _):
         for round_ in range(3):
             for stream_a in (True, False):
                 for stream_b in (True, False):
+                    if kind == "extra-later":  # once the stray bytes are in the idle pool
+                        time.sleep(0.1)
                     a = answer_of(post(url, stream_a, f"A{round_}"), stream_a)
+                    if kind == "extra-later":
+                        time.sleep(0.1)
                     b = answer_of(post(url, stream_b, f"B{round_}"), stream_b)
                     assert (a, b) == (f"A{round_}", f"B{round_}")
 

@@ -270,7 +270,8 @@ def test_redis_down_then_back(tmp_path: Path, policy: str) -> None:
                 started = time.monotonic()
                 response = chat(url, TEAM_A)
                 answers.append((response.status_code, time.monotonic() - started))
-            ready_while_down = httpx.get(f"{url}/readyz", timeout=10).status_code
+            readyz = httpx.get(f"{url}/readyz", timeout=10)
+            ready_while_down = (readyz.status_code, readyz.json())
             redis.thaw()
             redis.restart()  # and a restart: an empty Redis
             back = time.monotonic()
@@ -289,7 +290,11 @@ def test_redis_down_then_back(tmp_path: Path, policy: str) -> None:
     expected = 503 if policy == "deny" else 200
     assert [status for status, _ in answers] == [expected] * 5
     assert all(took < 2 for _, took in answers)
-    assert ready_while_down == 503 and ready_after == 200
+    if policy == "deny":  # every limited request would get 503: not ready
+        assert ready_while_down == (503, {"status": "not ready", "limits": "unavailable"})
+    else:  # serving unchecked, and saying so
+        assert ready_while_down == (200, {"status": "ready", "limits": "unavailable"})
+    assert ready_after == 200
 
 
 def test_limits_unavailable_is_a_clear_503(tmp_path: Path) -> None:

@@ -38,13 +38,17 @@ def service_routes(services: Services) -> APIRouter:
     async def healthz() -> Response:
         return JSONResponse({"status": "ok"})
 
-    @router.get(
-        "/readyz", summary="Ready to serve (503 while starting, draining, or Redis is down)"
-    )
+    @router.get("/readyz", summary="Ready (503 while starting, draining, or Redis is down)")
     async def readyz(request: Request) -> Response:
-        if request.app.state.ready and await services.ready():
+        if not request.app.state.ready or services.drain.draining:
+            return JSONResponse({"status": "not ready"}, status_code=503)
+        if await services.limits_ready():
             return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "not ready"}, status_code=503)
+        # Redis cannot answer: with on_backend_error deny every limited request gets 503, so
+        # the process is not ready; with allow it serves unchecked, and says so.
+        if settings.limits.on_backend_error == "deny":
+            return JSONResponse({"status": "not ready", "limits": "unavailable"}, status_code=503)
+        return JSONResponse({"status": "ready", "limits": "unavailable"})
 
     metrics = services.metrics
     if metrics is not None:
