@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -16,7 +17,16 @@ from proxy.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from proxy.formats.anthropic import count_tokens, error_body, messages_to_chat
+from proxy.formats.anthropic import (
+    THINKING_SIGNATURE,
+    MessagesStream,
+    count_tokens,
+    encode_event,
+    error_body,
+    message_from_completion,
+    messages_to_chat,
+    new_message_id,
+)
 
 Body = dict[str, Any]
 USER = {"role": "user", "content": "Hi"}
@@ -618,3 +628,633 @@ def test_count_tokens_needs_messages() -> None:
     with pytest.raises(InvalidRequest) as caught:
         count_tokens({"model": "m"})
     assert caught.value.param == "messages"
+
+
+# -- stream ---------------------------------------------------------------------------------
+
+
+def delta(finish: str | None = None, **fields: Any) -> Body:
+    """A normalised chat chunk with one choice."""
+    choice: Body = {"index": 0, "delta": fields, "finish_reason": finish}
+    return {"id": "c", "object": "chat.completion.chunk", "model": "pub", "choices": [choice]}
+
+
+def usage_chunk(prompt: int, completion: int, cached: int | None = None) -> Body:
+    usage: Body = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "model": "pub",
+        "choices": [],
+        "usage": usage,
+    }
+
+
+def tool(
+    index: int, *, id: str | None = None, name: str | None = None, args: str | None = None
+) -> Body:
+    call: Body = {"index": index}
+    if id is not None:
+        call.update(id=id, type="function")
+    function = {k: v for k, v in (("name", name), ("arguments", args)) if v is not None}
+    if function:
+        call["function"] = function
+    return call
+
+
+def start(index: int, block: Body) -> Body:
+    return {"type": "content_block_start", "index": index, "content_block": block}
+
+
+def text_delta(index: int, text: str) -> Body:
+    return {
+        "type": "content_block_delta",
+        "index": index,
+        "delta": {"type": "text_delta", "text": text},
+    }
+
+
+def thinking_delta(index: int, text: str) -> Body:
+    return {
+        "type": "content_block_delta",
+        "index": index,
+        "delta": {"type": "thinking_delta", "thinking": text},
+    }
+
+
+def json_delta(index: int, partial: str) -> Body:
+    return {
+        "type": "content_block_delta",
+        "index": index,
+        "delta": {"type": "input_json_delta", "partial_json": partial},
+    }
+
+
+def signature(index: int) -> Body:
+    return {
+        "type": "content_block_delta",
+        "index": index,
+        "delta": {"type": "signature_delta", "signature": THINKING_SIGNATURE},
+    }
+
+
+def stop(index: int) -> Body:
+    return {"type": "content_block_stop", "index": index}
+
+
+def end(reason: str, usage: Body, sequence: str | None = None) -> list[Body]:
+    return [
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": reason, "stop_sequence": sequence},
+            "usage": usage,
+        },
+        {"type": "message_stop"},
+    ]
+
+
+TEXT = {"type": "text", "text": ""}
+THINK = {"type": "thinking", "thinking": "", "signature": ""}
+
+
+def tool_block(id: str, name: str) -> Body:
+    return {"type": "tool_use", "id": id, "name": name, "input": {}}
+
+
+STREAMS = [
+    # (name, chunks, stop_sequences, events after message_start)
+    (
+        "text, usage in the finish chunk (llama.cpp)",
+        [
+            delta(role="assistant", content=""),
+            delta(content="Hel"),
+            delta(content="lo"),
+            {
+                **delta("stop"),
+                "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
+            },
+        ],
+        None,
+        [
+            start(0, TEXT),
+            text_delta(0, "Hel"),
+            text_delta(0, "lo"),
+            stop(0),
+            *end("end_turn", {"input_tokens": 9, "output_tokens": 2}),
+        ],
+    ),
+    (
+        "the first token rides on the role chunk; text and finish in one chunk (vLLM)",
+        [delta(role="assistant", content="Hi"), delta("stop", content="!"), usage_chunk(5, 2)],
+        None,
+        [
+            start(0, TEXT),
+            text_delta(0, "Hi"),
+            text_delta(0, "!"),
+            stop(0),
+            *end("end_turn", {"input_tokens": 5, "output_tokens": 2}),
+        ],
+    ),
+    (
+        "late usage after the finish chunk; cached tokens moved to cache_read",
+        [
+            delta(role="assistant", content=""),
+            delta(content="ok"),
+            delta("stop"),
+            usage_chunk(100, 1, cached=80),
+        ],
+        None,
+        [
+            start(0, TEXT),
+            text_delta(0, "ok"),
+            stop(0),
+            *end(
+                "end_turn", {"input_tokens": 20, "cache_read_input_tokens": 80, "output_tokens": 1}
+            ),
+        ],
+    ),
+    (
+        "thinking then text (reasoning_content; DashScope's first chunk shape)",
+        [
+            delta(role="assistant", content=None, reasoning_content=""),
+            delta(reasoning_content="Let me"),
+            delta(reasoning_content=" think."),
+            delta(content="Yes", reasoning_content=None),
+            delta("stop"),
+            usage_chunk(3, 4),
+        ],
+        None,
+        [
+            start(0, THINK),
+            thinking_delta(0, "Let me"),
+            thinking_delta(0, " think."),
+            signature(0),
+            stop(0),
+            start(1, TEXT),
+            text_delta(1, "Yes"),
+            stop(1),
+            *end("end_turn", {"input_tokens": 3, "output_tokens": 4}),
+        ],
+    ),
+    (
+        "reasoning and content in one chunk: thinking first",
+        [delta(reasoning="r", content="t"), delta("stop")],
+        None,
+        [
+            start(0, THINK),
+            thinking_delta(0, "r"),
+            signature(0),
+            stop(0),
+            start(1, TEXT),
+            text_delta(1, "t"),
+            stop(1),
+            *end("end_turn", {"output_tokens": 1}),
+        ],  # "rt": estimated over the whole output
+    ),
+    (
+        "two tool calls, arguments in fragments, the first with the name",
+        [
+            delta(role="assistant", content=""),
+            delta(content="Checking."),
+            delta(tool_calls=[tool(0, id="call_a", name="get_weather", args="")]),
+            delta(tool_calls=[tool(0, args='{"city": ')]),
+            delta(tool_calls=[tool(0, args='"Paris"}')]),
+            delta(tool_calls=[tool(1, id="call_b", name="get_time", args='{"tz":')]),
+            delta(tool_calls=[tool(1, args=' "CET"}')]),
+            delta("tool_calls"),
+            usage_chunk(50, 20),
+        ],
+        None,
+        [
+            start(0, TEXT),
+            text_delta(0, "Checking."),
+            stop(0),
+            start(1, tool_block("call_a", "get_weather")),
+            json_delta(1, '{"city": '),
+            json_delta(1, '"Paris"}'),
+            stop(1),
+            start(2, tool_block("call_b", "get_time")),
+            json_delta(2, '{"tz":'),
+            json_delta(2, ' "CET"}'),
+            stop(2),
+            *end("tool_use", {"input_tokens": 50, "output_tokens": 20}),
+        ],
+    ),
+    (
+        "whole arguments in the first fragment (Ollama, Gemini) are not dropped",
+        [
+            delta(tool_calls=[tool(0, id="call_1", name="f", args='{"a": 1}')]),
+            delta(tool_calls=[tool(1, id="call_2", name="g", args="{}")]),
+            delta("tool_calls"),
+        ],
+        None,
+        [
+            start(0, tool_block("call_1", "f")),
+            json_delta(0, '{"a": 1}'),
+            stop(0),
+            start(1, tool_block("call_2", "g")),
+            json_delta(1, "{}"),
+            stop(1),
+            *end("tool_use", {"output_tokens": 3}),
+        ],
+    ),
+    (
+        "several calls at one index with new ids (Gemini)",
+        [
+            delta(tool_calls=[tool(0, id="c1", name="f", args='{"x":1}')]),
+            delta(tool_calls=[tool(0, id="c2", name="f", args='{"x":2}')]),
+            delta("tool_calls"),
+        ],
+        None,
+        [
+            start(0, tool_block("c1", "f")),
+            json_delta(0, '{"x":1}'),
+            stop(0),
+            start(1, tool_block("c2", "f")),
+            json_delta(1, '{"x":2}'),
+            stop(1),
+            *end("tool_use", {"output_tokens": 4}),
+        ],
+    ),
+    (
+        "leading whitespace held back until the JSON starts; empty fragments emit nothing",
+        [
+            delta(tool_calls=[tool(0, id="c1", name="f", args="")]),
+            delta(tool_calls=[tool(0, args="\n ")]),
+            delta(tool_calls=[tool(0, args="")]),
+            delta(tool_calls=[tool(0, args="{}")]),
+            delta("tool_calls"),
+        ],
+        None,
+        [
+            start(0, tool_block("c1", "f")),
+            json_delta(0, "\n {}"),
+            stop(0),
+            *end("tool_use", {"output_tokens": 1}),
+        ],
+    ),
+    (
+        "a tool call without arguments: input stays {}",
+        [delta(tool_calls=[tool(0, id="c1", name="now")]), delta("tool_calls")],
+        None,
+        [start(0, tool_block("c1", "now")), stop(0), *end("tool_use", {"output_tokens": 0})],
+    ),
+    (
+        "finish_reason stop with tool calls (Qwen, Ollama) is tool_use",
+        [delta(tool_calls=[tool(0, id="c1", name="f", args="{}")]), delta("stop")],
+        None,
+        [
+            start(0, tool_block("c1", "f")),
+            json_delta(0, "{}"),
+            stop(0),
+            *end("tool_use", {"output_tokens": 1}),
+        ],
+    ),
+    (
+        "length -> max_tokens",
+        [delta(content="abcd"), delta("length"), usage_chunk(1, 1)],
+        None,
+        [
+            start(0, TEXT),
+            text_delta(0, "abcd"),
+            stop(0),
+            *end("max_tokens", {"input_tokens": 1, "output_tokens": 1}),
+        ],
+    ),
+    (
+        "vLLM's stop_reason names a stop sequence -> stop_sequence",
+        [
+            delta(content="1, 2"),
+            {
+                **delta("stop"),
+                "choices": [
+                    {"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "END"}
+                ],
+            },
+        ],
+        ["END", "##"],
+        [
+            start(0, TEXT),
+            text_delta(0, "1, 2"),
+            stop(0),
+            *end("stop_sequence", {"output_tokens": 1}, "END"),
+        ],
+    ),
+    (
+        "vLLM's stop_reason as a token id is a natural end",
+        [
+            delta(content="x"),
+            {
+                **delta("stop"),
+                "choices": [
+                    {"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": 151645}
+                ],
+            },
+        ],
+        ["END"],
+        [start(0, TEXT), text_delta(0, "x"), stop(0), *end("end_turn", {"output_tokens": 1})],
+    ),
+    (
+        "content_filter -> refusal",
+        [delta(content="I"), delta("content_filter")],
+        None,
+        [start(0, TEXT), text_delta(0, "I"), stop(0), *end("refusal", {"output_tokens": 1})],
+    ),
+    (
+        "an empty answer: no block at all",
+        [delta(role="assistant", content=""), delta("stop"), usage_chunk(7, 0)],
+        None,
+        end("end_turn", {"input_tokens": 7, "output_tokens": 0}),
+    ),
+    (
+        "other choices and empty chunks are ignored",
+        [
+            {"choices": None},
+            {"choices": [{"index": 1, "delta": {"content": "no"}}]},
+            delta(content="yes"),
+            delta("stop"),
+        ],
+        None,
+        [start(0, TEXT), text_delta(0, "yes"), stop(0), *end("end_turn", {"output_tokens": 1})],
+    ),
+]
+
+
+def run_stream(chunks: list[Body], stop_sequences: list[str] | None = None) -> list[Body]:
+    stream = MessagesStream(
+        message_id="msg_x", model="pub", input_tokens=12, stop_sequences=stop_sequences
+    )
+    events = stream.start()
+    for chunk in chunks:
+        events += stream.feed(chunk)
+    return events + stream.finish()
+
+
+MESSAGE_START = {
+    "type": "message_start",
+    "message": {
+        "id": "msg_x", "type": "message", "role": "assistant", "model": "pub", "content": [],
+        "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": 12, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 0},
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "chunks", "stops", "expected"), STREAMS, ids=[s[0] for s in STREAMS]
+)
+def test_stream_events(
+    name: str, chunks: list[Body], stops: list[str] | None, expected: list[Body]
+) -> None:
+    assert run_stream(chunks, stops) == [MESSAGE_START, *expected]
+
+
+@pytest.mark.parametrize(
+    ("name", "chunks", "stops", "expected"), STREAMS, ids=[s[0] for s in STREAMS]
+)
+def test_stream_invariants(
+    name: str, chunks: list[Body], stops: list[str] | None, expected: list[Body]
+) -> None:
+    """What every stream must satisfy, whatever the table says."""
+    events = run_stream(chunks, stops)
+    assert [e["type"] for e in events].count("message_start") == 1
+    open_index = None
+    for event in events:
+        if event["type"] == "content_block_start":
+            assert open_index is None  # the previous block was stopped first
+            open_index = event["index"]
+        elif event["type"] == "content_block_delta":
+            assert event["index"] == open_index
+            payload = [v for k, v in event["delta"].items() if k != "type"]
+            assert payload and all(payload)  # never an empty delta
+        elif event["type"] == "content_block_stop":
+            assert event["index"] == open_index
+            open_index = None
+    starts = [e["index"] for e in events if e["type"] == "content_block_start"]
+    assert starts == list(range(len(starts)))
+
+
+def test_message_start_is_sent_once_and_at_once() -> None:
+    stream = MessagesStream(message_id="msg_x", model="pub", input_tokens=12)
+    assert stream.start() == [MESSAGE_START]
+    assert stream.start() == []
+    assert stream.feed(delta(reasoning_content="hm"))[0]["type"] == "content_block_start"
+
+
+def test_feed_before_start_still_begins_with_message_start() -> None:
+    stream = MessagesStream(message_id="msg_x", model="pub", input_tokens=12)
+    events = stream.feed(delta(content="a"))
+    assert events[0] == MESSAGE_START and stream.start() == []
+
+
+def test_usage_property_is_the_chat_usage_last_seen() -> None:
+    stream = MessagesStream(message_id="msg_x", model="pub")
+    assert stream.usage is None
+    stream.feed(delta(content="a"))
+    stream.feed(usage_chunk(4, 2))
+    assert stream.usage == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
+
+
+def test_output_tokens_estimated_without_upstream_usage() -> None:
+    events = run_stream([delta(content="x" * 40), delta("stop")])
+    assert events[-2]["usage"] == {"output_tokens": 10}
+
+
+FAILURES: list[tuple[ProxyError, str]] = [
+    (UpstreamError("upstream reset"), "api_error"),
+    (UpstreamTimeout("idle"), "timeout_error"),
+    (UpstreamStatusError("busy", status=529), "overloaded_error"),
+    (UpstreamStatusError("slow down", status=429), "rate_limit_error"),
+]
+
+
+@pytest.mark.parametrize(("error", "kind"), FAILURES)
+def test_failure_mid_stream(error: ProxyError, kind: str) -> None:
+    stream = MessagesStream(message_id="msg_x", model="pub")
+    stream.start()
+    assert stream.feed(delta(content="par"))[-1] == text_delta(0, "par")
+    assert stream.fail(error) == [
+        {"type": "error", "error": {"type": kind, "message": error.message}}
+    ]
+    assert (
+        stream.feed(delta(content="more")) == []
+        and stream.finish() == []
+        and stream.fail(error) == []
+    )
+
+
+def test_nothing_after_finish() -> None:
+    stream = MessagesStream(message_id="msg_x", model="pub")
+    stream.finish()
+    assert stream.feed(delta(content="late")) == [] and stream.finish() == []
+
+
+@pytest.mark.parametrize(
+    ("chunks", "code"),
+    [
+        (
+            [
+                delta(tool_calls=[tool(0, id="a", name="f", args="{")]),
+                delta(content="x"),
+                delta(tool_calls=[tool(0, args="}")]),
+            ],
+            "upstream_interleaved_tool_calls",
+        ),
+        ([delta(tool_calls=[tool(0, id="a", args="{}")])], "upstream_tool_call_without_name"),
+    ],
+)
+def test_tool_calls_that_would_lose_arguments_raise(chunks: list[Body], code: str) -> None:
+    stream = MessagesStream(message_id="msg_x", model="pub")
+    with pytest.raises(UpstreamError) as caught:
+        for chunk in chunks:
+            stream.feed(chunk)
+    assert caught.value.code == code
+
+
+def test_sse_framing() -> None:
+    assert encode_event({"type": "ping"}) == b'event: ping\ndata: {"type":"ping"}\n\n'
+    assert encode_event(text_delta(0, "é\n")) == (
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"\xc3\xa9\\n"}}\n\n'
+    )
+
+
+# -- non-stream -----------------------------------------------------------------------------
+
+
+def completion(
+    message: Body, finish: str = "stop", usage: Body | None = None, **choice: Any
+) -> Body:
+    body: Body = {"id": "c", "object": "chat.completion", "model": "pub",
+                  "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish, **choice}]}  # fmt: skip
+    if usage is not None:
+        body["usage"] = usage
+    return body
+
+
+USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+USAGE_OUT = {
+    "input_tokens": 10,
+    "cache_creation_input_tokens": 0,
+    "cache_read_input_tokens": 0,
+    "output_tokens": 5,
+}
+
+COMPLETIONS = [
+    # (name, completion, stop_sequences, content, stop_reason, stop_sequence, usage)
+    (
+        "text",
+        completion({"content": "Hi"}, usage=USAGE),
+        None,
+        [{"type": "text", "text": "Hi"}],
+        "end_turn",
+        None,
+        USAGE_OUT,
+    ),
+    (
+        "thinking, text and a tool call",
+        completion(
+            {"reasoning_content": "r", "content": "c", "tool_calls": [CALL]}, "tool_calls", USAGE
+        ),
+        None,
+        [
+            {"type": "thinking", "thinking": "r", "signature": THINKING_SIGNATURE},
+            {"type": "text", "text": "c"},
+            {
+                "type": "tool_use",
+                "id": "toolu_1",
+                "name": "get_weather",
+                "input": {"city": "Paris"},
+            },
+        ],
+        "tool_use",
+        None,
+        USAGE_OUT,
+    ),
+    (
+        "invalid tool JSON kept raw; no content is null",
+        completion(
+            {
+                "content": None,
+                "tool_calls": [{**CALL, "function": {"name": "f", "arguments": '{"a": '}}],
+            },
+            "tool_calls",
+            USAGE,
+        ),
+        None,
+        [{"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"_raw": '{"a": '}}],
+        "tool_use",
+        None,
+        USAGE_OUT,
+    ),
+    (
+        "length, cached tokens",
+        completion(
+            {"content": "ab"}, "length", {**USAGE, "prompt_tokens_details": {"cached_tokens": 4}}
+        ),
+        None,
+        [{"type": "text", "text": "ab"}],
+        "max_tokens",
+        None,
+        {**USAGE_OUT, "input_tokens": 6, "cache_read_input_tokens": 4},
+    ),
+    (
+        "vLLM stop string",
+        completion({"content": "1"}, "stop", USAGE, stop_reason="##"),
+        ["##"],
+        [{"type": "text", "text": "1"}],
+        "stop_sequence",
+        "##",
+        USAGE_OUT,
+    ),
+    (
+        "no usage: output estimated",
+        completion({"content": "x" * 8}),
+        None,
+        [{"type": "text", "text": "x" * 8}],
+        "end_turn",
+        None,
+        {**USAGE_OUT, "input_tokens": 0, "output_tokens": 2},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "stops", "content", "reason", "sequence", "usage"),
+    COMPLETIONS,
+    ids=[c[0] for c in COMPLETIONS],
+)
+def test_message_from_completion(
+    name: str,
+    body: Body,
+    stops: list[str] | None,
+    content: list[Body],
+    reason: str,
+    sequence: str | None,
+    usage: Body,
+) -> None:
+    assert message_from_completion(body, message_id="msg_1", model="pub", stop_sequences=stops) == {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "pub", "content": content,
+        "stop_reason": reason, "stop_sequence": sequence, "usage": usage,
+    }  # fmt: skip
+
+
+def test_generated_tool_id_when_the_upstream_gave_none() -> None:
+    body = completion(
+        {"tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        "tool_calls",
+    )
+    block = message_from_completion(body, message_id="m", model="p")["content"][0]
+    assert re.fullmatch(r"toolu_[0-9A-Za-z]{24}", block["id"])
+
+
+def test_new_message_id() -> None:
+    ids = {new_message_id() for _ in range(100)}
+    assert len(ids) == 100
+    assert all(re.fullmatch(r"msg_[0-9A-Za-z]{24}", i) for i in ids)
