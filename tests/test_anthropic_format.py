@@ -1,13 +1,18 @@
-"""Anthropic Messages <-> chat completions translation: tables of pure cases."""
+"""Anthropic Messages <-> chat completions translation: tables of pure cases, then the same
+events served to Anthropic's own Python SDK (through a mock transport) to prove it accepts them.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import anthropic
 import orjson
 import pytest
 
+from proxy.chunks import Aggregator
 from proxy.errors import (
     InvalidRequest,
     PayloadTooLarge,
@@ -27,6 +32,11 @@ from proxy.formats.anthropic import (
     messages_to_chat,
     new_message_id,
 )
+
+try:
+    import httpx2 as hx  # anthropic >= 2 ships its own httpx fork and rejects httpx objects
+except ImportError:  # pragma: no cover - anthropic 0.x/1.x
+    import httpx as hx  # type: ignore[no-redef]
 
 Body = dict[str, Any]
 USER = {"role": "user", "content": "Hi"}
@@ -1258,3 +1268,295 @@ def test_new_message_id() -> None:
     ids = {new_message_id() for _ in range(100)}
     assert len(ids) == 100
     assert all(re.fullmatch(r"msg_[0-9A-Za-z]{24}", i) for i in ids)
+
+
+# -- Anthropic's SDK ------------------------------------------------------------------------
+# A mock transport plays the proxy: it translates the SDK's real request with
+# messages_to_chat, answers it from a scripted chat upstream through MessagesStream or
+# message_from_completion, and frames the events as SSE. The SDK must accept every byte.
+
+
+def sse(events: list[Body]) -> Iterator[bytes]:
+    for event in events:
+        yield encode_event(event)
+
+
+class Frames(hx.SyncByteStream):  # type: ignore[misc]
+    """The response body, one SSE frame per read, as a streaming proxy writes them."""
+
+    def __init__(self, frames: Iterator[bytes]) -> None:
+        self.frames = frames
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.frames
+
+
+def fake_proxy(
+    upstream: Callable[[Body], list[Body]], *, fail_after: int | None = None
+) -> Callable[[Any], Any]:
+    """The handler of a mock transport serving POST /v1/messages from ``upstream``."""
+
+    def handler(request: Any) -> Any:
+        assert request.method == "POST" and request.url.path == "/v1/messages"
+        body = orjson.loads(request.read())
+        try:
+            chat_body = messages_to_chat(body)
+        except InvalidRequest as exc:
+            return hx.Response(exc.status, json=error_body(exc))
+        chunks = upstream(chat_body)
+        if not chat_body.get("stream"):
+            aggregator = Aggregator()  # what the proxy does for a stream-only upstream
+            for chunk in chunks:
+                aggregator.add(chunk)
+            message = message_from_completion(
+                aggregator.result(),
+                message_id=new_message_id(),
+                model=body["model"],
+                stop_sequences=body.get("stop_sequences"),
+            )
+            return hx.Response(200, json=message)
+        stream = MessagesStream(
+            message_id=new_message_id(),
+            model=body["model"],
+            input_tokens=count_tokens(body),
+            stop_sequences=body.get("stop_sequences"),
+        )
+        events = stream.start()
+        for number, chunk in enumerate(chunks):
+            if fail_after is not None and number == fail_after:
+                events += [
+                    {"type": "ping"},
+                    *stream.fail(UpstreamStatusError("Overloaded", status=529)),
+                ]
+                break
+            events += stream.feed(chunk)
+        else:
+            events += stream.finish()
+        headers = {"content-type": "text/event-stream; charset=utf-8"}
+        return hx.Response(200, headers=headers, stream=Frames(sse(events)))
+
+    return handler
+
+
+@pytest.fixture
+def client_for() -> Iterator[Callable[..., anthropic.Anthropic]]:
+    made: list[anthropic.Anthropic] = []
+
+    def make(upstream: Callable[[Body], list[Body]], **options: Any) -> anthropic.Anthropic:
+        transport = hx.MockTransport(fake_proxy(upstream, **options))
+        client = anthropic.Anthropic(
+            base_url="http://test",
+            api_key="x",
+            max_retries=0,
+            http_client=hx.Client(transport=transport),
+        )
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+class Scripted:
+    """A chat upstream that answers with the same chunks and records what it was asked."""
+
+    def __init__(self, *chunks: Body) -> None:
+        self.chunks = list(chunks)
+        self.requests: list[Body] = []
+
+    def __call__(self, chat_body: Body) -> list[Body]:
+        self.requests.append(chat_body)
+        return self.chunks
+
+
+WEATHER_ARGS = {"city": "Zürich", "units": "metric", "note": 'a "quoted" \\ path\nline 2 – 東京'}
+WEATHER_JSON = orjson.dumps(WEATHER_ARGS).decode()
+
+
+def tools_upstream() -> Scripted:
+    return Scripted(
+        delta(role="assistant", content=""),
+        delta(content="Let me check."),
+        # One fragment per character: every prefix the SDK parses (jiter, partial mode) must do.
+        delta(tool_calls=[tool(0, id="call_w", name="get_weather", args="")]),
+        *(delta(tool_calls=[tool(0, args=char)]) for char in " " + WEATHER_JSON),
+        delta(tool_calls=[tool(1, id="call_t", name="get_time", args='{"tz": "CET"}')]),
+        delta(tool_calls=[tool(2, id="call_n", name="now", args="")]),
+        delta("tool_calls"),
+        usage_chunk(40, 30),
+    )
+
+
+def thinking_upstream() -> Scripted:
+    return Scripted(
+        delta(role="assistant", content=None, reasoning_content=""),
+        delta(reasoning_content="Two plus two"),
+        delta(reasoning_content=" is four."),
+        delta(content="4"),
+        delta("stop"),
+        usage_chunk(8, 6, cached=2),
+    )
+
+
+REQUEST: Body = {
+    "model": "pub",
+    "max_tokens": 256,
+    "messages": [{"role": "user", "content": "Weather in Zürich?"}],
+}
+
+
+def test_sdk_text_stream_and_final_message(client_for: Callable[..., anthropic.Anthropic]) -> None:
+    client = client_for(
+        Scripted(
+            delta(role="assistant", content="Hel"),
+            delta(content="lo, "),
+            delta(content="世界"),
+            delta("stop"),
+            usage_chunk(9, 3),
+        )
+    )
+    with client.messages.stream(**REQUEST) as stream:
+        texts = list(stream.text_stream)
+        final = stream.get_final_message()
+    assert texts == ["Hel", "lo, ", "世界"]
+    assert [b.type for b in final.content] == ["text"] and final.content[0].text == "Hello, 世界"
+    assert (final.stop_reason, final.stop_sequence, final.model) == ("end_turn", None, "pub")
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (9, 3)
+    assert re.fullmatch(r"msg_[0-9A-Za-z]{24}", final.id)
+
+
+def test_sdk_tool_use_inputs_are_the_arguments(
+    client_for: Callable[..., anthropic.Anthropic],
+) -> None:
+    upstream = tools_upstream()
+    client = client_for(upstream)
+    with client.messages.stream(**REQUEST, tools=[TOOL]) as stream:
+        final = stream.get_final_message()
+    (asked,) = upstream.requests  # the SDK's own request, translated
+    assert asked["tools"] == [CHAT_TOOL]
+    assert asked["stream"] is True and asked["stream_options"] == {"include_usage": True}
+    assert [b.type for b in final.content] == ["text", "tool_use", "tool_use", "tool_use"]
+    weather, time_, now = final.content[1:]
+    assert (weather.id, weather.name, weather.input) == ("call_w", "get_weather", WEATHER_ARGS)
+    assert (time_.id, time_.name, time_.input) == ("call_t", "get_time", {"tz": "CET"})
+    assert (now.name, now.input) == ("now", {})
+    assert final.stop_reason == "tool_use"
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (40, 30)
+
+
+def test_sdk_thinking_block(client_for: Callable[..., anthropic.Anthropic]) -> None:
+    upstream = thinking_upstream()
+    client = client_for(upstream)
+    thinking = []
+    with client.messages.stream(
+        **REQUEST, thinking={"type": "enabled", "budget_tokens": 2048}
+    ) as stream:
+        for event in stream:
+            if event.type == "thinking":
+                thinking.append(event.thinking)
+        final = stream.get_final_message()
+    assert upstream.requests[0]["reasoning_effort"] == "low"
+    assert thinking == ["Two plus two", " is four."]
+    block, text = final.content
+    assert (block.type, block.thinking, block.signature) == (
+        "thinking",
+        "Two plus two is four.",
+        THINKING_SIGNATURE,
+    )
+    assert (text.type, text.text) == ("text", "4")
+    assert (
+        final.usage.input_tokens,
+        final.usage.cache_read_input_tokens,
+        final.usage.output_tokens,
+    ) == (6, 2, 6)
+    # The message goes back as history, as Claude Code sends it, and translates.
+    history = [
+        *REQUEST["messages"],
+        {"role": "assistant", "content": [b.model_dump() for b in final.content]},
+        {"role": "user", "content": "And 3+3?"},
+    ]
+    assert messages_to_chat({**REQUEST, "messages": history})["messages"][1] == {
+        "role": "assistant",
+        "content": "4",
+    }
+
+
+def test_sdk_raw_event_iteration(client_for: Callable[..., anthropic.Anthropic]) -> None:
+    client = client_for(thinking_upstream())
+    events = list(client.messages.create(**REQUEST, stream=True))
+    assert [e.type for e in events] == [
+        "message_start", "content_block_start", "content_block_delta", "content_block_delta",
+        "content_block_delta", "content_block_stop", "content_block_start", "content_block_delta",
+        "content_block_stop", "message_delta", "message_stop",
+    ]  # fmt: skip
+    assert events[4].delta.type == "signature_delta"
+    assert events[-2].delta.stop_reason == "end_turn" and events[-2].usage.output_tokens == 6
+
+
+def test_sdk_non_stream_message(client_for: Callable[..., anthropic.Anthropic]) -> None:
+    client = client_for(tools_upstream())
+    message = client.messages.create(**REQUEST, tools=[TOOL])
+    assert [b.type for b in message.content] == ["text", "tool_use", "tool_use", "tool_use"]
+    assert message.content[1].input == WEATHER_ARGS
+    assert message.stop_reason == "tool_use" and message.usage.output_tokens == 30
+
+
+def test_sdk_stop_sequence(client_for: Callable[..., anthropic.Anthropic]) -> None:
+    finish = {
+        **delta("stop"),
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "END"}],
+    }
+    client = client_for(Scripted(delta(content="1 2 3"), finish))
+    with client.messages.stream(**REQUEST, stop_sequences=["END"]) as stream:
+        final = stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "END")
+
+
+@pytest.mark.parametrize(
+    ("error", "exception"),
+    [
+        (InvalidRequest("Missing required parameter: 'max_tokens'."), anthropic.BadRequestError),
+        (ProxyError("slow down", status=429), anthropic.RateLimitError),
+        (UpstreamStatusError("Overloaded", status=529), anthropic.OverloadedError),
+        (UpstreamError("refused"), anthropic.InternalServerError),
+    ],
+)
+def test_sdk_http_errors(error: ProxyError, exception: type[anthropic.APIStatusError]) -> None:
+    transport = hx.MockTransport(lambda request: hx.Response(error.status, json=error_body(error)))
+    http_client = hx.Client(transport=transport)
+    with (
+        anthropic.Anthropic(
+            base_url="http://test", api_key="x", max_retries=0, http_client=http_client
+        ) as client,
+        pytest.raises(exception) as caught,
+    ):
+        client.messages.create(**REQUEST)
+    assert caught.value.status_code == error.status
+    assert caught.value.body == error_body(error)
+
+
+def test_sdk_request_error_from_translation(client_for: Callable[..., anthropic.Anthropic]) -> None:
+    client = client_for(Scripted())
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.create(
+            **REQUEST, tools=[{"type": "web_search_20250305", "name": "web_search"}]
+        )
+    assert "tools[0].type" in caught.value.message
+
+
+def test_sdk_error_event_mid_stream_raises(client_for: Callable[..., anthropic.Anthropic]) -> None:
+    client = client_for(
+        Scripted(delta(content="Hel"), delta(content="lo"), delta("stop")), fail_after=1
+    )
+    texts = []
+    with (
+        pytest.raises(anthropic.APIStatusError) as caught,
+        client.messages.stream(**REQUEST) as stream,
+    ):
+        texts.extend(stream.text_stream)
+    assert texts == ["Hel"]
+    assert caught.value.body == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "Overloaded"},
+    }

@@ -15,7 +15,7 @@ package turns requests, chunks and errors from one shape into the other:
 * ``new_message_id``: ``msg_`` and 24 base62 characters.
 
 Every decision is documented in the module that makes it and checked in
-``tests/test_anthropic_format.py``.
+``tests/test_anthropic_format.py``, against Anthropic's own Python SDK.
 """
 
 from proxy.formats.anthropic.errors import error_body, error_type
