@@ -857,7 +857,7 @@ STREAMS = [
         ],
     ),
     (
-        "whole arguments in the first fragment (Ollama, Gemini) are not dropped",
+        "whole arguments in the first fragment (Ollama-style) are not dropped",
         [
             delta(tool_calls=[tool(0, id="call_1", name="f", args='{"a": 1}')]),
             delta(tool_calls=[tool(1, id="call_2", name="g", args="{}")]),
@@ -875,7 +875,7 @@ STREAMS = [
         ],
     ),
     (
-        "several calls at one index with new ids (Gemini)",
+        "several calls at one index, told apart by their ids",
         [
             delta(tool_calls=[tool(0, id="c1", name="f", args='{"x":1}')]),
             delta(tool_calls=[tool(0, id="c2", name="f", args='{"x":2}')]),

@@ -22,9 +22,10 @@ held back. It is built against the known failures of other translators:
   when that arrived in a chunk after the ``finish_reason``.
 
 A tool call is identified by its ``index`` and ``id``: a fragment with a new ``id`` starts a
-new call even at a reused ``index`` (Gemini sends several calls at index 0). A fragment for a
-call whose block was already closed cannot be delivered (blocks do not reopen) and raises
-``UpstreamError``, as does a new call without a name: both would lose arguments silently.
+new call even at a reused ``index`` (some OpenAI-compatible servers number every call 0). A
+fragment for a call whose block was already closed cannot be delivered (blocks do not
+reopen) and raises ``UpstreamError``, as does a new call without a name: both would lose
+arguments silently otherwise.
 """
 
 from __future__ import annotations
