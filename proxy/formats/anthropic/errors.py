@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.errors import InvalidRequest, ProxyError
+from proxy.errors import InvalidRequest, Kind, ProxyError
 
 _TYPES = {
     400: "invalid_request_error",
@@ -36,9 +36,17 @@ def error_type(status: int) -> str:
     return "invalid_request_error" if status < 500 else "api_error"
 
 
+# An upstream's error event (in its stream) names its type itself; the status is the proxy's
+# 502, so an Anthropic type the upstream gave is kept (``overloaded_error`` says more).
+_UPSTREAM_TYPES = frozenset(_TYPES.values())
+
+
 def error_body(error: ProxyError) -> dict[str, Any]:
     """The body of an HTTP error response, or the payload of an ``error`` event."""
-    return {"type": "error", "error": {"type": error_type(error.status), "message": error.message}}
+    stream = error.kind is Kind.STREAM_ERROR and error.type in _UPSTREAM_TYPES
+    kind = error.type if stream else None
+    message = {"type": kind or error_type(error.status), "message": error.message}
+    return {"type": "error", "error": message}
 
 
 def missing(param: str) -> InvalidRequest:
