@@ -529,3 +529,14 @@ def test_access_line_and_tokens(caplog: pytest.LogCaptureFixture, fast_url: str)
         for line in lines
     )
     assert json.loads(json.dumps(lines[1]))["ttft_ms"] is not None
+
+
+def test_both_endpoints_are_documented(fast_url: str) -> None:
+    schema = httpx.get(f"{fast_url}/openapi.json", timeout=10).json()
+    for path, model in (
+        ("/v1/messages", "MessagesRequest"),
+        ("/v1/messages/count_tokens", "CountTokensRequest"),
+    ):
+        body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        assert body["schema"] == {"$ref": f"#/components/schemas/{model}"}
+    assert "max_tokens" in schema["components"]["schemas"]["MessagesRequest"]["required"]

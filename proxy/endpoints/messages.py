@@ -28,7 +28,8 @@ from proxy.routing import Plan
 from proxy.upstreams.base import Call
 
 # The client's headers an upstream speaking Messages gets too; a request without a version
-# is sent with the one version Anthropic has published (its API refuses none at all).
+# (not from an SDK) is sent with the first one, which every such server knows (Anthropic's
+# API refuses a request without any).
 FORWARDED = (b"anthropic-version", b"anthropic-beta")
 DEFAULT_VERSION = "2023-06-01"
 
