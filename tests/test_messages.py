@@ -528,7 +528,7 @@ def test_access_line_and_tokens(caplog: pytest.LogCaptureFixture, fast_url: str)
         (line["model"], line["prompt_tokens"], line["completion_tokens"]) == ("echo", 3, 3)
         for line in lines
     )
-    assert json.loads(json.dumps(lines[1]))["ttft_ms"] is not None
+    assert lines[1]["ttft_ms"] is not None  # the first content, not message_start
 
 
 def test_both_endpoints_are_documented(fast_url: str) -> None:
@@ -540,3 +540,54 @@ def test_both_endpoints_are_documented(fast_url: str) -> None:
         body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]
         assert body["schema"] == {"$ref": f"#/components/schemas/{model}"}
     assert "max_tokens" in schema["components"]["schemas"]["MessagesRequest"]["required"]
+
+
+def test_a_claude_code_shaped_request() -> None:
+    """What Claude Code sends (``?beta=true``, system blocks with cache_control, a system
+    message inside ``messages``, betas, metadata) reaches a chat upstream as chat wants it:
+    one leading system message, roles alternating, nothing Anthropic-only."""
+    body = {
+        "model": "m",
+        "max_tokens": 32000,
+        "stream": True,
+        "system": [
+            {
+                "type": "text",
+                "text": "You are Claude Code.",
+                "cache_control": {"type": "ephemeral"},
+            },
+            {"type": "text", "text": "Be concise."},
+        ],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "fix the bug", "cache_control": {"type": "ephemeral"}}
+                ],
+            },
+            {"role": "system", "content": "The user is in /repo."},
+        ],
+        "tools": [{**WEATHER, "cache_control": {"type": "ephemeral"}}],
+        "metadata": {"user_id": "user_abc"},
+        "thinking": {"type": "adaptive"},
+        "context_management": {"edits": []},
+    }
+    upstream = ChatScript([text_stream("Done.")])
+    headers = {"anthropic-version": "2023-06-01", "anthropic-beta": "claude-code-20250219"}
+    with proxy_for(upstream) as (url, _):
+        response = httpx.post(
+            f"{url}/v1/messages?beta=true", json=body, headers=headers, timeout=30
+        )
+    assert names(response.content)[-1] == "message_stop"
+    asked = upstream.bodies()[0]
+    assert asked["messages"] == [
+        {
+            "role": "system",
+            "content": "You are Claude Code.\n\nBe concise.\n\nThe user is in /repo.",
+        },
+        {"role": "user", "content": "fix the bug"},
+    ]
+    assert asked["user"] == "user_abc" and asked["max_tokens"] == 32000
+    assert not {"context_management", "metadata", "thinking", "system"} & set(asked)
+    assert "cache_control" not in json.dumps(asked)
+    assert not {"anthropic-version", "anthropic-beta"} & set(upstream.requests[0].headers)
