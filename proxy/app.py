@@ -125,7 +125,9 @@ def _openapi(app: FastAPI, endpoints: list[Endpoint]) -> dict[str, Any]:
 def _add_error_handlers(app: FastAPI) -> None:
     async def proxy_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProxyError)
-        return Response(exc.to_json(), exc.status, exc.headers, media_type="application/json")
+        endpoint = request.scope.get("endpoint")  # an API's path (405): the API's error shape
+        body = endpoint.format.error_body(exc) if isinstance(endpoint, Endpoint) else exc.to_json()
+        return Response(body, exc.status, exc.headers, media_type="application/json")
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -327,8 +327,9 @@ class UpstreamDeadline(UpstreamTimeout):
     retry = Retry.NEVER
 
 
-# Statuses after which another attempt may succeed (the contract's list).
-RETRIED_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# Statuses after which another attempt may succeed (the contract's list, and Anthropic's 529
+# "overloaded").
+RETRIED_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
 
 
 class UpstreamStatusError(UpstreamError):

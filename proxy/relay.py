@@ -15,6 +15,18 @@ API's format (``proxy.formats``); the relay does the rest, the same way for ever
   format's ``feed``, as its own ASGI message (uvicorn writes one HTTP chunk for each: nothing
   here may batch or delay a write); at the end the format's tail (``[DONE]``...), or after a
   failure the format's error event and no completion marker, never a replay;
+- **a preamble** (optional, ``StreamFormat.preamble``): what an API says before any content
+  and must say at once, e.g. Anthropic's ``message_start``, which a client must have without
+  waiting for the first token. The relay asks each attempt's stream for it as soon as that
+  attempt's upstream has answered (its response headers are in), and after each item fed
+  before the commit (a passed-through upstream sends its own). The first preamble of the
+  response goes out at once, with the response headers (so without the ``x-proxy-*`` ones:
+  the answering attempt is not known yet); the preambles of later attempts (a retry, a
+  fallback) are asked for all the same, so their streams know theirs is spoken for, and
+  dropped: a client never sees the message open twice. A failure after it is retried or
+  fallen over as before; only if nothing answers does the client get the error event rather
+  than an HTTP status, as after a keepalive ping. Chat has no preamble: for it nothing of
+  this happens;
 - **complete**: the format's one JSON answer;
 - the access record (time to first token, chunks, tokens, attempts, outcome) and the metrics.
 
@@ -68,6 +80,12 @@ class StreamFormat(Protocol):
         """The upstream's usage (chat-shaped: prompt_tokens, completion_tokens), if sent."""
         ...
 
+    # Optional (looked up with getattr, so a format without it needs nothing):
+    #     def preamble(self) -> bytes | None
+    # the frames to send before the commit, at once (module docstring); asked after the
+    # upstream answered and after each item fed before the commit; once it returned frames
+    # it returns None, and its ``feed`` never repeats them.
+
 
 class Exchange(Protocol):
     """One attempt's conversation with its upstream, for a client speaking one API: what the
@@ -86,6 +104,9 @@ class Exchange(Protocol):
     async def complete(self, reply: Reply) -> dict[str, Any]:
         """The one JSON answer of a non-stream request."""
         ...
+
+    # Optional: ``usage``, the chat-shaped usage of the answer ``complete`` returned, when that
+    # answer's own ``usage`` is in another shape (Anthropic's input_tokens/output_tokens).
 
 
 class Format(Protocol):
@@ -181,7 +202,7 @@ class Relay:
                         await reply.aclose()
                 plan.succeeded(attempt)
                 access.answered(attempt)
-                access.count_tokens(completion.get("usage"))
+                access.count_tokens(getattr(exchange, "usage", completion.get("usage")))
                 headers = _served(plan, attempt)
                 await _last(send, watchdog, orjson.dumps(completion), 200, headers)
                 return
@@ -206,7 +227,7 @@ class Relay:
         watchdog.start_keepalive(headers=start)  # the headers wait for the commit (or a ping)
         committed: _Committed | None = None
         try:
-            committed = await self._commit(call, plan, api, watchdog)
+            committed = await self._commit(call, plan, api, _Opening(send, watchdog))
             access.answered(committed.attempt)
             headers = [*SSE_HEADERS, *_header_pairs(_served(plan, committed.attempt))]
             await watchdog.send_headers({**start, "headers": headers})
@@ -232,7 +253,7 @@ class Relay:
                 committed.attempt.release()
                 await committed.reply.aclose()
 
-    async def _commit(self, call: Call, plan: Plan, api: Format, watchdog: Watchdog) -> _Committed:
+    async def _commit(self, call: Call, plan: Plan, api: Format, opening: _Opening) -> _Committed:
         """Run the plan's attempts until one commits (its first item carrying part of the
         answer); raise the last error if none does."""
         async for attempt in plan:
@@ -242,7 +263,7 @@ class Relay:
                 stream = exchange.stream()
                 reply = await attempt.route.upstream.open(exchange.call, attempt.route)
                 items = exchange.items(reply)
-                held, tail = await _until_commit(items, stream, attempt)
+                held, tail = await _until_commit(items, stream, attempt, opening)
             except ProxyError as error:
                 if reply is not None:
                     await reply.aclose()
@@ -308,19 +329,45 @@ class Relay:
         await _last(send, watchdog, tail)
 
 
+class _Opening:
+    """The response's preamble (module docstring): the first one an attempt's stream has goes
+    out at once, with the response headers; every later one is dropped."""
+
+    __slots__ = ("send", "sent", "watchdog")
+
+    def __init__(self, send: Send, watchdog: Watchdog) -> None:
+        self.send = send
+        self.watchdog = watchdog
+        self.sent = False
+
+    async def offer(self, preamble: bytes | None) -> None:
+        if preamble is None or self.sent:
+            return
+        self.sent = True
+        await self.watchdog.send_headers()  # the held-back ones, unless a ping sent them
+        await self.send({"type": "http.response.body", "body": preamble, "more_body": True})
+        self.watchdog.wrote()
+
+
 async def _until_commit(
-    items: Any, stream: StreamFormat, attempt: Attempt
+    items: Any, stream: StreamFormat, attempt: Attempt, opening: _Opening
 ) -> tuple[list[bytes], bytes | None]:
     """Frames up to the first one carrying part of the answer (held back until then), within
     the deployment's ``first_token`` (counted from the attempt's start); and the stream's
-    tail if the upstream ended first (complete, or this raises)."""
+    tail if the upstream ended first (complete, or this raises). A preamble is offered as
+    soon as the stream has one."""
     held: list[bytes] = []
     limit = attempt.deployment.first_token
     remaining = None if limit is None else limit - (time.monotonic() - attempt.started)
+    preamble = getattr(stream, "preamble", None)
     try:
         async with asyncio.timeout(remaining):
+            if preamble is not None:
+                await opening.offer(preamble())
             async for item in items:
                 frames = stream.feed(item)
+                if preamble is not None:
+                    await opening.offer(preamble())
                 if frames is not None:
                     held.append(frames)
                     if stream.committed:

@@ -68,6 +68,13 @@ class HTTPUpstream(_Strict):
         "completions",
         "embeddings",
     ]
+    # How the key is sent: "Authorization: Bearer <key>", or "x-api-key: <key>" (Anthropic).
+    api_key_header: Literal["authorization", "x-api-key"] = "authorization"
+    # The server's reasoning switch, for Messages requests translated to chat (``thinking``):
+    # reasoning_effort (OpenAI, gpt-oss), chat_template_kwargs.enable_thinking (vLLM/SGLang
+    # with Qwen3-style templates), or none (send nothing: a switch the server does not know
+    # may make it reject every request).
+    thinking: Literal["reasoning_effort", "chat_template_kwargs", "none"] = "none"
 
     @model_validator(mode="after")
     def _check_url(self) -> HTTPUpstream:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from proxy.endpoints.base import Endpoint
 from proxy.endpoints.chat import ChatCompletions
+from proxy.endpoints.count_tokens import CountTokens
+from proxy.endpoints.messages import Messages
 
-ENDPOINTS: tuple[type[Endpoint], ...] = (ChatCompletions,)
+ENDPOINTS: tuple[type[Endpoint], ...] = (ChatCompletions, Messages, CountTokens)
 
 __all__ = ["ENDPOINTS", "Endpoint"]

@@ -49,6 +49,10 @@ class Endpoint:
         """Validate ``body`` (raise ``InvalidRequest`` naming the param) into a ``Call``."""
         raise NotImplementedError
 
+    def prepare(self, call: Call, plan: Plan, scope: Scope) -> None:
+        """What an endpoint checks or adds once the route is known, before anything is
+        counted against the key (raise ``InvalidRequest``: not admitted, not counted)."""
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         access: Access = scope["state"]["access"]  # made by the AccessLog middleware
         try:
@@ -90,6 +94,7 @@ class Endpoint:
             body_log.info("body", extra={"fields": {"request_id": request_id, "body": text}})
         call = self.parse(parse_json(body), request_id)
         plan = services.router.plan(call.model)
+        self.prepare(call, plan, scope)
         tokens = reservation(len(body), call.max_tokens)
         return call, plan, await services.admit(key, call.model, tokens, access)
 

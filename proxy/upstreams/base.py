@@ -28,6 +28,9 @@ class Call:
     request_id: str = ""
     include_usage: bool = False  # chat: stream_options.include_usage
     max_tokens: int | None = None
+    # The client's headers an upstream speaking ``api`` natively gets too (Anthropic's
+    # ``anthropic-version``, ``anthropic-beta``); none otherwise: never its key.
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,9 @@ class HTTPClient:
             "user-agent": USER_AGENT,
             **{name.lower(): value for name, value in config.headers.items()},
         }
-        if key:
+        if key and config.api_key_header == "x-api-key":  # Anthropic's own API
+            self.headers["x-api-key"] = key
+        elif key:
             self.headers["authorization"] = f"Bearer {key}"
 
     def url(self, path: str) -> str:

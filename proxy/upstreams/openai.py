@@ -3,10 +3,12 @@ app's one shared wire (``upstreams.http``, ``upstreams.wire``).
 
 The client's own headers are never forwarded: the request to the upstream is built from
 scratch (so hop-by-hop headers and the client's ``Authorization`` stay behind), with the
-upstream's key injected and the request id passed on. The body is the client's, unknown
-fields included, with the upstream's model name, and ``stream: true`` whenever the client
-streams or the route is ``force_stream``. A vendor whose server needs more than that
-subclasses ``OpenAICompatible`` and overrides ``adapt`` (``upstreams.qwen``).
+upstream's key injected, the request id passed on, and only the headers an endpoint put in
+``Call.headers`` (Anthropic's ``anthropic-version``/``anthropic-beta``, for a native call).
+The body is the client's, unknown fields included, with the upstream's model name, and
+``stream: true`` whenever the client streams or the route is ``force_stream``. A vendor whose
+server needs more than that subclasses ``OpenAICompatible`` and overrides ``adapt``
+(``upstreams.qwen``).
 
 Timeouts: ``connect``; ``first_byte`` until the response headers; ``idle`` for each wait on
 the body; all enforced by ``HTTPClient``.
@@ -30,6 +32,8 @@ from proxy.upstreams.wire import Wire, WireResponse
 # Where each API lives under an OpenAI-compatible base URL.
 PATHS = {
     "chat": "/chat/completions",
+    "messages": "/messages",  # Anthropic's Messages API (vLLM, llama.cpp, Ollama serve it too)
+    "messages.count_tokens": "/messages/count_tokens",  # wherever "messages" is served
 }
 
 
@@ -39,15 +43,18 @@ class OpenAICompatible:
     def __init__(self, name: str, config: HTTPUpstream, wire: Wire, scrubber: Scrubber) -> None:
         self.name = name
         self.http = HTTPClient(name, config, wire, scrubber)
-        self.apis: frozenset[str] = frozenset(config.apis) & frozenset(PATHS)
+        self.apis: frozenset[str] = frozenset(
+            api for api in PATHS if api.partition(".")[0] in config.apis
+        )
         self.urls: dict[str, str] = {api: self.http.url(PATHS[api]) for api in self.apis}
+        self.thinking = config.thinking  # its reasoning switch, for translated Messages calls
 
     async def open(self, call: Call, route: Route) -> Reply:
         url = self.urls.get(call.api)
         if url is None:
             raise InvalidRequest(f"The upstream '{self.name}' does not serve the {call.api} API.")
         body = encode_body(self.adapt(self.body(call, route)))
-        response = await self.http.post(url, body, request_id=call.request_id)
+        response = await self.http.post(url, body, request_id=call.request_id, headers=call.headers)
         try:
             return await self._reply(response)
         except BaseException:
@@ -59,7 +66,9 @@ class OpenAICompatible:
         body["model"] = route.upstream_model
         if route.force_stream and not call.stream:
             body["stream"] = True  # aggregated for the client; ask for usage to report it
-            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+            if call.api != "messages":  # Messages streams carry usage unasked
+                options = body.get("stream_options") or {}
+                body["stream_options"] = {**options, "include_usage": True}
         return body
 
     def adapt(self, body: dict[str, Any]) -> dict[str, Any]:
