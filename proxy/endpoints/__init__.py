@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from proxy.endpoints.base import Endpoint
 from proxy.endpoints.chat import ChatCompletions
+from proxy.endpoints.responses import Responses
 
-ENDPOINTS: tuple[type[Endpoint], ...] = (ChatCompletions,)
+ENDPOINTS: tuple[type[Endpoint], ...] = (ChatCompletions, Responses)
 
 __all__ = ["ENDPOINTS", "Endpoint"]

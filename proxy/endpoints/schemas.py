@@ -34,3 +34,21 @@ class ChatCompletionRequest(_Open):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class ResponsesRequest(_Open):
+    """OpenAI's Responses request; every other field is forwarded (native upstreams) or
+    translated (chat completions upstreams: README "POST /v1/responses")."""
+
+    model: str = Field(description="A public model name (GET /v1/models)")
+    input: str | list[dict[str, Any]] | None = Field(
+        None, description="A string (one user message) or an array of input items"
+    )
+    instructions: str | None = None
+    stream: bool | None = Field(None, description="true: Server-Sent Events, event by event")
+    max_output_tokens: int | None = Field(None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+    previous_response_id: str | None = Field(
+        None, description="Only for models whose upstream speaks Responses natively"
+    )
+

@@ -1,8 +1,8 @@
 """Chat completion chunks translated into the Responses API's event lifecycle, and back to one
 ``response`` object for non-stream calls.
 
-Pure: chunks (dicts as the proxy normalises them) in, event dicts out; the relay frames each
-event as ``event: <type>`` + ``data: <json>`` and does all I/O.
+Pure: chunks (dicts as the proxy normalises them) in, event dicts out; ``frames`` writes them
+as OpenAI frames them, ``event: <type>`` + ``data: <json>``, and the relay does all I/O.
 
 Decisions:
 
@@ -101,7 +101,16 @@ def responses_usage(usage: Json | None) -> Json | None:
             )
         },
         "total_tokens": _count(usage, "total_tokens") or prompt + completion,
+        **({"estimated": True} if usage.get("estimated") else {}),
     }
+
+
+def frames(events: list[Json]) -> bytes:
+    """Events as OpenAI frames them: ``event: <type>\\n`` then ``data: <json>\\n\\n`` each."""
+    return b"".join(
+        b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+        for event in events
+    )
 
 
 class _Item:
@@ -238,7 +247,7 @@ class ResponsesStream:
             return events
         events += self._close_all("incomplete")
         self._ended = True
-        failure = {"code": _error_code(error), "message": error.message}
+        failure = responses_error(error)
         return [*events, self._event("response.failed", response=self._response("failed", failure))]
 
     def _text_delta(self, kind: str, text: Any) -> list[Json]:
@@ -433,6 +442,11 @@ def _part(kind: str, text: str) -> Json:
     if kind == "message":
         return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
     return {"type": "reasoning_text", "text": text}
+
+
+def responses_error(error: ProxyError) -> Json:
+    """A failed response's ``error`` object for ``error``."""
+    return {"code": _error_code(error), "message": error.message}
 
 
 def _error_code(error: ProxyError) -> str:
