@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from proxy.endpoints.base import Endpoint
 from proxy.endpoints.chat import ChatCompletions
+from proxy.endpoints.completions import Completions
+from proxy.endpoints.embeddings import Embeddings
 from proxy.endpoints.responses import Responses
 
-ENDPOINTS: tuple[type[Endpoint], ...] = (ChatCompletions, Responses)
+ENDPOINTS: tuple[type[Endpoint], ...] = (ChatCompletions, Responses, Completions, Embeddings)
 
 __all__ = ["ENDPOINTS", "Endpoint"]

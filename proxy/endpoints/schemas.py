@@ -52,3 +52,21 @@ class ResponsesRequest(_Open):
         None, description="Only for models whose upstream speaks Responses natively"
     )
 
+
+class CompletionRequest(_Open):
+    """OpenAI's legacy text completions request; every other field is forwarded as sent."""
+
+    model: str = Field(description="A public model name (GET /v1/models)")
+    prompt: str | list[str] | list[int] | list[list[int]]
+    stream: bool | None = Field(None, description="true: Server-Sent Events, chunk by chunk")
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+
+
+class EmbeddingRequest(_Open):
+    """OpenAI's embeddings request; every other field is forwarded as sent."""
+
+    model: str = Field(description="A public model name (GET /v1/models)")
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(None, ge=1)

@@ -12,12 +12,14 @@ from collections.abc import Awaitable, Callable
 from proxy.errors import InvalidRequest
 from proxy.settings import EchoUpstream
 from proxy.upstreams.base import Call, Reply, Route
-from proxy.upstreams.echo import chat
+from proxy.upstreams.echo import chat, completions, embeddings
 
 Answer = Callable[[EchoUpstream, Call, Route], Awaitable[Reply]]
 
 ANSWERS: dict[str, Answer] = {
     "chat": chat.chat,
+    "completions": completions.completions,
+    "embeddings": embeddings.embeddings,
 }
 
 
