@@ -33,6 +33,7 @@ Json = dict[str, Any]
 HELD = frozenset({"response.created", "response.queued", "response.in_progress"})
 FAILED = frozenset({"error", "response.failed"})
 DONE = frozenset({"response.completed", "response.incomplete"})
+TERMINAL = DONE | FAILED
 
 
 def failure(event: Json) -> UpstreamStreamError:
@@ -126,7 +127,7 @@ class NativeExchange:
 
     def items(self, reply: Reply) -> Any:
         if reply.chunks is not None:
-            return reply.chunks
+            return _until_terminal(reply.chunks)
         return _replay(_response(reply.completion, self.call.model))
 
     async def complete(self, reply: Reply) -> Json:
@@ -166,6 +167,15 @@ def _response(response: Any, model: str) -> Json:
         raise UpstreamMalformed("The upstream sent JSON that is not a Responses response.")
     response["model"] = model
     return response
+
+
+async def _until_terminal(events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The upstream's events up to its terminal one: a server that keeps the connection open
+    after it must not keep the client's stream open too."""
+    async for event in events:
+        yield event
+        if isinstance(event, dict) and event.get("type") in TERMINAL:
+            return
 
 
 async def _replay(response: Json) -> AsyncIterator[Json]:

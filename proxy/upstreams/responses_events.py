@@ -7,7 +7,9 @@ format's decision (``formats.responses_native``). What is normalised here, at th
 - the event name: OpenAI repeats it as the payload's ``type``; a server that sends only the
   ``event:`` line gets ``type`` filled in from it;
 - errors in the other shapes servers use (``data: {"error": {...}}`` without a type, vLLM's
-  ``{"object": "error"}``, llama.cpp's ``error:`` line) become Responses ``error`` events;
+  ``{"object": "error"}``, llama.cpp's ``error:`` line) become Responses ``error`` events, and
+  an ``error`` event carries its fields both at the top level and under ``error`` (OpenAI
+  documents the first and sends the second; openai-python raises only on the second);
 - the messages of error events are scrubbed of secrets, since they may reach the client as
   they are (the raised errors of other APIs are scrubbed at the HTTP boundary instead).
 
@@ -48,6 +50,8 @@ def responses_event(event: Event, upstream: str, scrubber: Scrubber) -> Any:
         raise UpstreamMalformed(f"The upstream '{upstream}' sent an event that is not an object.")
     if "type" not in payload:
         payload = _typed(payload, event.event, upstream)
+    if payload["type"] == "error":
+        _both_shapes(payload)
     if payload["type"] in ("error", "response.failed"):
         _scrub(payload, scrubber)
     return payload
@@ -72,6 +76,21 @@ def _typed(payload: Json, name: str | None, upstream: str) -> Json:
     if not name:
         raise UpstreamMalformed(f"The upstream '{upstream}' sent an event without a type.")
     return {"type": name, **payload}
+
+
+def _both_shapes(payload: Json) -> None:
+    """An ``error`` event with its fields both at the top level and under ``error`` (see
+    ``error_event``): whichever of the two the server sent, a client reading the other finds
+    them too."""
+    nested = payload.get("error")
+    if not isinstance(nested, dict):
+        nested = payload["error"] = {"type": "upstream_error"}
+    for key in ("code", "message", "param"):
+        value = payload.get(key, nested.get(key))
+        payload.setdefault(key, value)
+        nested.setdefault(key, value)
+    if not payload["message"]:
+        payload["message"] = nested["message"] = "The upstream failed."
 
 
 def _scrub(payload: Json, scrubber: Scrubber) -> None:
