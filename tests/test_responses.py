@@ -134,6 +134,17 @@ def test_max_output_tokens_is_incomplete_with_usage(fast_url: str, stream: bool)
     assert response["usage"]["output_tokens"] == 2 and response["usage"]["input_tokens"] == 10
 
 
+def test_pings_between_events_are_ignored_by_openai_python() -> None:
+    settings = echo_settings(echo={"delay_ms": 150}, keepalive_seconds=0.05)
+    with run_server(create_app(settings)) as url:
+        raw = httpx.post(f"{url}/v1/responses", json={"model": "echo", "input": "a b c",
+                                                     "stream": True}).text  # fmt: skip
+        events = list(client(url).responses.create(model="echo", input="a b c", stream=True))
+    assert raw.count(": ping\n\n") >= 2
+    assert [e.type for e in events] == LIFECYCLE
+    assert events[-1].response.output_text == "a b c"
+
+
 def test_wire_frames_are_openais(fast_url: str) -> None:
     response, events = post_stream(fast_url, {"model": "echo", "input": "a b"})
     assert "[DONE]" not in response.text and "\r" not in response.text
