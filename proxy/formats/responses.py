@@ -16,14 +16,9 @@ from __future__ import annotations
 
 from proxy.errors import ProxyError
 from proxy.formats.responses_native import NativeExchange
+from proxy.formats.responses_objects import frames, new_response_id, responses_usage
 from proxy.formats.responses_request import chat_request
-from proxy.formats.responses_stream import (
-    ResponsesStream,
-    frames,
-    new_response_id,
-    response_from_completion,
-    responses_usage,
-)
+from proxy.formats.responses_stream import ResponsesStream, response_from_completion
 from proxy.formats.responses_translated import TranslatedExchange
 from proxy.sse import PING
 from proxy.upstreams.base import Call, Route

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from proxy.errors import ProxyError, UpstreamMalformed, UpstreamStreamError, UpstreamTruncated
-from proxy.formats.responses_stream import frames, responses_error
+from proxy.formats.responses_objects import frames, responses_error
 from proxy.upstreams.base import Call, Reply
 
 Json = dict[str, Any]

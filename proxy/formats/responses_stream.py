@@ -23,15 +23,13 @@ Decisions:
   ``content_filter`` gives ``response.incomplete`` (``content_filter``), items ``incomplete``.
 * ``fail()`` sends ``response.failed`` only, no ``error`` event before it: ``response.failed``
   is the terminal event openai-python's ``responses.stream()`` and Codex act on, while a
-  Responses ``error`` event has no top-level ``error`` key, so openai-python yields it as an
-  ordinary event instead of raising, and a client that stops at ``error`` would miss the
-  terminal event. Open items are closed ``incomplete`` first, so every ``output_item.added``
-  has its ``output_item.done``. ``response.error.code`` is one of the codes openai-python's
-  ``ResponseError`` allows (the error's own code when it is one, else ``rate_limit_exceeded``
-  for a 429, else ``server_error``); the message is kept.
-* ``usage.input_tokens_details.cache_write_tokens`` is included (0 unless the upstream reports
-  it), because openai-python 3's ``ResponseUsage`` requires it.
+  client that stops at an ``error`` event (openai-python raises on one that carries an
+  ``error`` object, as OpenAI's do) would miss the terminal event. Open items are closed
+  ``incomplete`` first, so every ``output_item.added`` has its ``output_item.done``; the
+  error's message is kept.
 * ``store`` is echoed as false: the proxy stores nothing.
+
+The shapes (ids, items, parts, usage, error codes, framing) are ``responses_objects``.
 """
 
 from __future__ import annotations
@@ -42,6 +40,12 @@ from typing import Any
 import orjson
 
 from proxy.errors import ProxyError
+from proxy.formats.responses_objects import (
+    OutputItem,
+    content_part,
+    responses_error,
+    responses_usage,
+)
 
 Json = dict[str, Any]
 
@@ -50,115 +54,6 @@ TEXT_EVENTS = {
     "message": ("response.output_text.delta", "response.output_text.done"),
     "reasoning": ("response.reasoning_text.delta", "response.reasoning_text.done"),
 }
-PREFIXES = {"message": "msg", "reasoning": "rs", "function_call": "fc"}
-# openai-python's ResponseError.code: a failed response's code must be one of these.
-RESPONSE_ERROR_CODES = frozenset(
-    {
-        "server_error",
-        "rate_limit_exceeded",
-        "invalid_prompt",
-        "vector_store_timeout",
-        "invalid_image",
-        "invalid_image_format",
-        "invalid_base64_image",
-        "invalid_image_url",
-        "image_too_large",
-        "image_too_small",
-        "image_parse_error",
-        "image_content_policy_violation",
-        "invalid_image_mode",
-        "image_file_too_large",
-        "unsupported_image_media_type",
-        "empty_image_file",
-        "failed_to_download_image",
-        "image_file_not_found",
-    }
-)
-
-
-def new_response_id() -> str:
-    """A fresh id in OpenAI's shape: ``resp_`` and 48 hex digits."""
-    return "resp_" + os.urandom(24).hex()
-
-
-def responses_usage(usage: Json | None) -> Json | None:
-    """Chat usage (``prompt_tokens``...) in Responses' shape (``input_tokens``...)."""
-    if not isinstance(usage, dict):
-        return None
-    prompt = _count(usage, "prompt_tokens")
-    completion = _count(usage, "completion_tokens")
-    cached = _details(usage, "prompt_tokens_details")
-    return {
-        "input_tokens": prompt,
-        "input_tokens_details": {
-            "cached_tokens": _count(cached, "cached_tokens"),
-            "cache_write_tokens": _count(cached, "cache_write_tokens"),
-        },
-        "output_tokens": completion,
-        "output_tokens_details": {
-            "reasoning_tokens": _count(
-                _details(usage, "completion_tokens_details"), "reasoning_tokens"
-            )
-        },
-        "total_tokens": _count(usage, "total_tokens") or prompt + completion,
-        **({"estimated": True} if usage.get("estimated") else {}),
-    }
-
-
-def frames(events: list[Json]) -> bytes:
-    """Events as OpenAI frames them: ``event: <type>\\n`` then ``data: <json>\\n\\n`` each."""
-    return b"".join(
-        b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
-        for event in events
-    )
-
-
-class _Item:
-    """One output item while it streams; ``index`` is its ``output_index`` once announced."""
-
-    __slots__ = ("call_id", "id", "index", "kind", "name", "parts", "status")
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.id = f"{PREFIXES[kind]}_{os.urandom(24).hex()}"
-        self.index: int | None = None
-        self.parts: list[str] = []
-        self.status = "in_progress"
-        self.name = ""
-        self.call_id = ""
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-    def to_dict(self) -> Json:
-        """The item as Responses shows it; empty while in progress (the deltas fill it)."""
-        text = "" if self.status == "in_progress" else self.text
-        if self.kind == "function_call":
-            return {
-                "id": self.id,
-                "type": "function_call",
-                "status": self.status,
-                "arguments": text,
-                "call_id": self.call_id,
-                "name": self.name,
-            }
-        content = [] if self.status == "in_progress" else [_part(self.kind, text)]
-        if self.kind == "message":
-            return {
-                "id": self.id,
-                "type": "message",
-                "status": self.status,
-                "content": content,
-                "role": "assistant",
-            }
-        return {
-            "id": self.id,
-            "type": "reasoning",
-            "summary": [],
-            "content": content,
-            "status": self.status,
-        }
 
 
 class ResponsesStream:
@@ -178,9 +73,9 @@ class ResponsesStream:
         self._seq = 0
         self._started = False
         self._ended = False
-        self._items: list[_Item] = []
-        self._text: _Item | None = None
-        self._calls: dict[int, _Item] = {}
+        self._items: list[OutputItem] = []
+        self._text: OutputItem | None = None
+        self._calls: dict[int, OutputItem] = {}
         self._finish_reason: str | None = None
         self._usage: Json | None = None
 
@@ -258,7 +153,7 @@ class ResponsesStream:
         item = self._text
         if item is None or item.kind != kind:
             events += self._close_text()
-            item = self._text = _Item(kind)
+            item = self._text = OutputItem(kind)
             events += self._open(item)
         item.parts.append(text)
         extra: Json = {"logprobs": []} if kind == "message" else {}
@@ -282,7 +177,7 @@ class ResponsesStream:
             index = position
         item = self._calls.get(index)
         if item is None:
-            item = self._calls[index] = _Item("function_call")
+            item = self._calls[index] = OutputItem("function_call")
         function = fragment.get("function") or {}
         item.call_id = item.call_id or fragment.get("id") or ""
         item.name = item.name or function.get("name") or ""
@@ -297,7 +192,7 @@ class ResponsesStream:
             return self._open_call(item)
         return []
 
-    def _open_call(self, item: _Item) -> list[Json]:
+    def _open_call(self, item: OutputItem) -> list[Json]:
         """Announce a call, with the arguments that came before its name as one delta."""
         item.call_id = item.call_id or f"call_{os.urandom(12).hex()}"
         events = [*self._close_text(), *self._open(item)]
@@ -305,7 +200,7 @@ class ResponsesStream:
             events.append(self._arguments_delta(item, item.text))
         return events
 
-    def _arguments_delta(self, item: _Item, arguments: str) -> Json:
+    def _arguments_delta(self, item: OutputItem, arguments: str) -> Json:
         return self._event(
             "response.function_call_arguments.delta",
             item_id=item.id,
@@ -313,7 +208,7 @@ class ResponsesStream:
             delta=arguments,
         )
 
-    def _open(self, item: _Item) -> list[Json]:
+    def _open(self, item: OutputItem) -> list[Json]:
         """``output_item.added`` (and ``content_part.added`` for text) for a new item."""
         item.index = len(self._items)
         self._items.append(item)
@@ -321,7 +216,7 @@ class ResponsesStream:
             self._event("response.output_item.added", output_index=item.index, item=item.to_dict())
         ]
         if item.kind != "function_call":
-            part = _part(item.kind, "")
+            part = content_part(item.kind, "")
             events.append(self._event("response.content_part.added", **self._at(item), part=part))
         return events
 
@@ -344,7 +239,7 @@ class ResponsesStream:
                 events += self._close(item, status)
         return events
 
-    def _close(self, item: _Item, status: str) -> list[Json]:
+    def _close(self, item: OutputItem, status: str) -> list[Json]:
         """The ``.done`` events of one item, innermost first, its status set."""
         item.status = status
         if item.kind == "function_call":
@@ -358,7 +253,7 @@ class ResponsesStream:
             ]
         else:
             extra: Json = {"logprobs": []} if item.kind == "message" else {}
-            part = _part(item.kind, item.text)
+            part = content_part(item.kind, item.text)
             events = [
                 self._event(TEXT_EVENTS[item.kind][1], **self._at(item), text=item.text, **extra),
                 self._event("response.content_part.done", **self._at(item), part=part),
@@ -368,7 +263,7 @@ class ResponsesStream:
         )
         return [*events, done]
 
-    def _at(self, item: _Item) -> Json:
+    def _at(self, item: OutputItem) -> Json:
         return {"item_id": item.id, "output_index": item.index, "content_index": 0}
 
     def _event(self, kind: str, **fields: Any) -> Json:
@@ -435,33 +330,3 @@ def response_from_completion(
     )
     response: Json = stream.finish()[-1]["response"]
     return response
-
-
-def _part(kind: str, text: str) -> Json:
-    """A content part: ``output_text`` for a message, ``reasoning_text`` for reasoning."""
-    if kind == "message":
-        return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
-    return {"type": "reasoning_text", "text": text}
-
-
-def responses_error(error: ProxyError) -> Json:
-    """A failed response's ``error`` object for ``error``."""
-    return {"code": _error_code(error), "message": error.message}
-
-
-def _error_code(error: ProxyError) -> str:
-    """A code openai-python's ``ResponseError`` accepts, as close to the error's as allowed."""
-    if error.code in RESPONSE_ERROR_CODES:
-        return error.code
-    return "rate_limit_exceeded" if error.status == 429 else "server_error"
-
-
-def _details(usage: Json, key: str) -> Json:
-    details = usage.get(key)
-    return details if isinstance(details, dict) else {}
-
-
-def _count(obj: Json, key: str) -> int:
-    """A token count, 0 when absent or not an integer (some upstreams send null)."""
-    value = obj.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -18,13 +18,9 @@ from typing import Any
 from proxy.errors import ProxyError
 from proxy.formats.chat import ChatExchange, has_content, reply_chunks
 from proxy.formats.chunks import StreamNormalizer
+from proxy.formats.responses_objects import frames, new_response_id
 from proxy.formats.responses_request import chat_request
-from proxy.formats.responses_stream import (
-    ResponsesStream,
-    frames,
-    new_response_id,
-    response_from_completion,
-)
+from proxy.formats.responses_stream import ResponsesStream, response_from_completion
 from proxy.upstreams.base import Call, Reply
 
 Json = dict[str, Any]
