@@ -13,15 +13,24 @@ from typing import Any
 
 import orjson
 
+from proxy.errors import InvalidRequest
 from proxy.settings import EchoUpstream
 from proxy.upstreams.base import Call, Reply, Route
 from proxy.upstreams.echo.chat import split_pieces
+
+MAX_DIMENSIONS = 8192  # as embedding_dimensions allows
 
 
 async def embeddings(config: EchoUpstream, call: Call, route: Route) -> Reply:
     """One embedding per input, at once."""
     inputs = _inputs(call.body["input"])
     size = call.body.get("dimensions") or config.embedding_dimensions
+    if size > MAX_DIMENSIONS:  # a vector is built in memory: bounded like the setting
+        raise InvalidRequest(
+            f"Invalid value for 'dimensions': the echo model makes at most {MAX_DIMENSIONS}.",
+            param="dimensions",
+            code="invalid_value",
+        )
     encode = call.body.get("encoding_format") == "base64"
     data = []
     for index, item in enumerate(inputs):
