@@ -5,6 +5,7 @@ and metrics as chat."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -308,3 +309,42 @@ def test_access_log_and_metrics(caplog: pytest.LogCaptureFixture) -> None:
     # 2+2 for the completion, 2 for the embedding.
     assert value(samples, "proxy_tokens_total", **labels, type="prompt") == 2 + 2 + 2 + 2
     assert value(samples, "proxy_tokens_total", **labels, type="completion") == 2 + 2 + 2
+
+
+def cut_after(texts: list[str]) -> Any:
+    """A completions stream: ``texts`` (an empty one carries no answer), then a reset."""
+
+    async def step(request: Recorded, reply: Reply, name: str) -> None:
+        await reply.start()
+        await reply.send(b"".join(text_chunk(text) for text in texts))
+        await asyncio.sleep(0.05)
+        reply.reset()
+
+    return step
+
+
+def test_a_completion_stream_commits_at_its_first_text() -> None:
+    async def answer(request: Recorded, reply: Reply, name: str) -> None:
+        await native_upstream(request, reply)
+
+    # Before any text: retried, invisibly. After it: the error event, no [DONE], no retry.
+    before, after = Faults(cut_after([""]), answer, name="a"), Faults(cut_after(["Once"]))
+    with serve_fake(before) as first, serve_fake(after) as second:
+        settings = Settings(
+            upstreams={"a": {"type": "openai", "base_url": first.url},
+                       "b": {"type": "openai", "base_url": second.url}},
+            models={"m": {"upstream": "a"}, "n": {"upstream": "b"}},
+            routing={"backoff_seconds": 0.01},
+        )  # fmt: skip
+        with run_server(create_app(settings)) as url:
+            retried = httpx.post(f"{url}/v1/completions",
+                                 json={"model": "m", "prompt": "x", "stream": True})  # fmt: skip
+            cut = httpx.post(f"{url}/v1/completions",
+                             json={"model": "n", "prompt": "x", "stream": True})  # fmt: skip
+    assert len(before.attempts) == 2 and retried.text.endswith("data: [DONE]\n\n")
+    assert retried.text.count('"text":""') == 1  # only the answering attempt's chunks
+    events = [e for e in cut.text.split("\n\n") if e]
+    assert len(after.attempts) == 1
+    assert json.loads(events[0][6:])["choices"][0]["text"] == "Once"
+    assert json.loads(events[-1][6:])["error"]["code"] == "upstream_connection_error"
+    assert "[DONE]" not in cut.text
