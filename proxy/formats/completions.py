@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from proxy.errors import InvalidRequest, ProxyError, UpstreamTruncated
@@ -151,20 +152,21 @@ class CompletionExchange:
 
     async def complete(self, reply: Reply) -> Chunk:
         """One ``text_completion`` object, aggregated if the upstream streamed."""
-        if reply.completion is not None:
-            completion = self._completion(reply.completion)
-            if not completion.get("usage"):
-                answer = [c.get("text") or "" for c in completion["choices"]]
-                completion["usage"] = estimate(self.call.body.get("prompt"), answer)
-            return completion
-        assert reply.chunks is not None
+        if reply.chunks is not None:
+            return await self._aggregate(reply.chunks)
+        completion = self._completion(reply.completion)
+        if not completion.get("usage"):
+            answer = [c.get("text") or "" for c in completion["choices"]]
+            completion["usage"] = estimate(self.call.body.get("prompt"), answer)
+        return completion
+
+    async def _aggregate(self, chunks: AsyncIterator[Any]) -> Chunk:
+        """A stream's choices merged by index (a stream-only upstream, the echo model)."""
         stream = CompletionStream(self.call)
-        stream.include_usage = True
         texts: dict[int, list[str]] = {}
         finish: dict[int, Any] = {}
-        async for item in reply.chunks:
-            chunk = stream.normalize(item)
-            for choice in (chunk or {}).get("choices") or ():
+        async for item in chunks:
+            for choice in (stream.normalize(item) or {}).get("choices") or ():
                 index = choice.get("index", 0)
                 texts.setdefault(index, []).append(choice.get("text") or "")
                 finish[index] = choice.get("finish_reason") or finish.get(index)
