@@ -16,6 +16,7 @@ from types import FrameType
 from proxy.observability.logs import setup_logging
 from proxy.settings import ENV_PREFIX, ConfigError, Settings, load_settings
 from proxy.tools.probe import CLIENTS, DEFAULT_CLIENT, INSTALL_HINT
+from proxy.tools.probe_apis import APIS, DEFAULT_API
 
 COMMANDS = ("serve", "probe", "inspect")
 
@@ -48,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CLIENT,
         help=f"httpx (default) and raw need nothing more; openai, requests and "
         f"requests-buffered need the probe extra: {INSTALL_HINT}",
+    )
+    probe.add_argument(
+        "--api",
+        choices=list(APIS),
+        default=DEFAULT_API,
+        help="chat completions (default) or the Responses API",
     )
     probe.add_argument("--prompt", default="Count from 1 to 20, one number per line.")
     probe.add_argument("--api-key", default="", help="sent as Authorization: Bearer")
@@ -201,6 +208,7 @@ def _probe(options: argparse.Namespace) -> int:
             client=options.client,
             prompt=options.prompt,
             api_key=options.api_key,
+            api=options.api,
         )
     except ProbeError as exc:
         print(f"chat-stream-proxy probe: {exc}", file=sys.stderr)

@@ -50,6 +50,7 @@ class EchoUpstream(_Strict):
     type: Literal["echo"]
     delay_ms: float = Field(50.0, ge=0)
     chunk: Literal["word", "char"] = "word"
+    embedding_dimensions: int = Field(16, ge=1, le=8192)  # the length of its embeddings
 
 
 class HTTPUpstream(_Strict):

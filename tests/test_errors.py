@@ -218,7 +218,7 @@ def test_body_over_limit_without_content_length_is_413(url: str) -> None:
     ("method", "path", "status"),
     [
         ("GET", "/nope", 404),
-        ("POST", "/v1/embeddings", 404),
+        ("POST", "/v1/images/generations", 404),
         ("GET", "/v1/chat/completions", 405),
         ("PUT", "/v1/chat/completions", 405),
         ("DELETE", "/v1/models", 405),

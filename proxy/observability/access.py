@@ -73,6 +73,12 @@ class Access:
 
     def count_tokens(self, usage: Any) -> None:
         """Tokens as the upstream reported them; an estimate is not a report."""
+        if isinstance(usage, dict) and "input_tokens" in usage:  # a Responses answer's names
+            usage = {
+                "prompt_tokens": usage.get("input_tokens"),
+                "completion_tokens": usage.get("output_tokens"),
+                "estimated": usage.get("estimated"),
+            }
         if isinstance(usage, dict) and not usage.get("estimated") and valid_usage(usage):
             self.prompt_tokens = usage.get("prompt_tokens")
             self.completion_tokens = usage.get("completion_tokens")

@@ -1,7 +1,8 @@
 """``chat-stream-proxy probe``: is this endpoint really streaming, as this client sees it?
 
-Sends one streaming chat request to any OpenAI-compatible endpoint with the chosen client,
-prints every chunk with its arrival time, and judges:
+Sends one streaming request (chat completions, or Responses with ``--api responses``:
+``tools.probe_apis``) to any OpenAI-compatible endpoint with the chosen client, prints every
+line with its arrival time, and judges:
 
 - TRUE STREAMING (exit 0): the content arrived spread over the answer's time;
 - PSEUDO-STREAMING (exit 1): it was SSE, but (nearly) everything arrived at once at the end:
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 from urllib.parse import urlsplit
+
+from proxy.tools.probe_apis import APIS, DEFAULT_API, Api
 
 CLIENTS = ("httpx", "raw", "openai", "requests", "requests-buffered")
 DEFAULT_CLIENT = "httpx"  # a plain `pip install` has httpx; openai and requests are extras
@@ -127,35 +130,24 @@ def report(verdict: Verdict) -> list[str]:
     return lines
 
 
-def _content_of(payload: Any) -> int:
-    if not isinstance(payload, dict):
-        return 0
-    size = 0
-    for choice in payload.get("choices") or ():
-        delta = choice.get("delta") or {} if isinstance(choice, dict) else {}
-        for key in ("content", "reasoning_content", "reasoning"):
-            if isinstance(delta.get(key), str):
-                size += len(delta[key])
-    return size
-
-
-def _sse_line(line: str) -> int:
+def _sse_line(line: str, api: Api) -> int:
     if line.startswith("data:") and line[5:].strip() not in ("", "[DONE]"):
         try:
-            return _content_of(json.loads(line[5:]))
+            return api.content(json.loads(line[5:]))
         except ValueError:
             return 0
     return 0
 
 
-def _endpoint(url: str) -> str:
-    url = url.rstrip("/")
-    return url if url.endswith("/chat/completions") else f"{url}/chat/completions"
+def _endpoint(url: str, api: Api) -> str:
+    return _base(url) + api.path
 
 
 def _base(url: str) -> str:
     url = url.rstrip("/")
-    return url.removesuffix("/chat/completions")
+    for known in APIS.values():
+        url = url.removesuffix(known.path)
+    return url
 
 
 Emit = Callable[[Arrival], None]
@@ -164,15 +156,14 @@ Emit = Callable[[Arrival], None]
 def _lines(
     url: str, body: dict[str, Any], headers: dict[str, str], client: str
 ) -> Iterator[tuple[str, str | None]]:
+    """``url``: the API's own URL (``_endpoint``)."""
     """(content type, line) pairs as the chosen client hands them over; the first has no line
     (the response's content type is known before any line, even when none comes)."""
     if client in ("requests", "requests-buffered"):
         import requests
 
         buffered = client == "requests-buffered"
-        response = requests.post(
-            _endpoint(url), json=body, headers=headers, stream=not buffered, timeout=300
-        )
+        response = requests.post(url, json=body, headers=headers, stream=not buffered, timeout=300)
         with response:
             if response.status_code >= 400:
                 raise ProbeError(f"HTTP {response.status_code}: {response.text[:300]}")
@@ -184,9 +175,7 @@ def _lines(
     elif client == "httpx":
         import httpx
 
-        with httpx.stream(
-            "POST", _endpoint(url), json=body, headers=headers, timeout=300
-        ) as streamed:
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=300) as streamed:
             if streamed.status_code >= 400:
                 streamed.read()
                 raise ProbeError(f"HTTP {streamed.status_code}: {streamed.text[:300]}")
@@ -205,7 +194,7 @@ def _raw_lines(
     url: str, body: dict[str, Any], headers: dict[str, str]
 ) -> Iterator[tuple[str, str | None]]:
     """The standard library's http.client, reading whatever has arrived (read1), no buffering."""
-    parts = urlsplit(_endpoint(url))
+    parts = urlsplit(url)
     connection_class = (
         http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     )
@@ -240,15 +229,13 @@ def _raw_lines(
 
 
 def _openai_lines(
-    url: str, model: str, prompt: str, api_key: str
+    url: str, model: str, prompt: str, api_key: str, api: Api
 ) -> Iterator[tuple[str, str | None]]:
     import openai
 
     client = openai.OpenAI(base_url=_base(url), api_key=api_key or "probe", max_retries=0)
     try:
-        stream = client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": prompt}], stream=True
-        )
+        stream = api.create(client, model, prompt)
         kind = stream.response.headers.get("content-type", "")
         yield kind, None
         with stream:
@@ -283,6 +270,7 @@ def run(
     client: str = DEFAULT_CLIENT,
     prompt: str = "Count from 1 to 20, one number per line.",
     api_key: str = "",
+    api: str = DEFAULT_API,
     out: TextIO | None = None,
 ) -> Verdict:
     """Probe ``url`` and print what arrived and the verdict to ``out``."""
@@ -290,14 +278,14 @@ def run(
 
     check_client(client)
     out = out or sys.stdout
-    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": prompt}]}
+    chosen = APIS[api]
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     observation = Observation()
     started = time.perf_counter()
     if client == "openai":
-        source = _openai_lines(url, model, prompt, api_key)
+        source = _openai_lines(url, model, prompt, api_key, chosen)
     else:
-        source = _lines(url, body, headers, client)
+        source = _lines(_endpoint(url, chosen), chosen.body(model, prompt), headers, client)
     for kind, line in source:
         at = time.perf_counter() - started
         observation.content_type = kind
@@ -305,22 +293,17 @@ def run(
             continue
         stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")
         print(f"{stamp} +{at:.3f}s {line}", file=out, flush=True)
-        observation.arrivals.append(Arrival(at, line, _sse_line(line) or _json_content(line)))
+        content = _sse_line(line, chosen) or _json_content(line, chosen)
+        observation.arrivals.append(Arrival(at, line, content))
     verdict = judge(observation, client)
     print("\n".join(report(verdict)), file=out, flush=True)
     return verdict
 
 
-def _json_content(line: str) -> int:
+def _json_content(line: str, api: Api) -> int:
     """A plain-JSON answer's content (the whole answer is on one line or several)."""
     try:
         payload = json.loads(line)
     except ValueError:
         return 0
-    if isinstance(payload, dict):
-        return sum(
-            len((c.get("message") or {}).get("content") or "")
-            for c in payload.get("choices") or ()
-            if isinstance(c, dict)
-        )
-    return 0
+    return api.answer(payload)

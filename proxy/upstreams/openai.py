@@ -27,14 +27,22 @@ from proxy.sse import Event
 from proxy.upstreams import failures
 from proxy.upstreams.base import Call, Reply, Route
 from proxy.upstreams.http import DONE, HTTPClient
+from proxy.upstreams.responses_events import responses_event
 from proxy.upstreams.wire import Wire, WireResponse
 
 # Where each API lives under an OpenAI-compatible base URL.
 PATHS = {
     "chat": "/chat/completions",
+    "completions": "/completions",
+    "embeddings": "/embeddings",
+    "responses": "/responses",
     "messages": "/messages",  # Anthropic's Messages API (vLLM, llama.cpp, Ollama serve it too)
     "messages.count_tokens": "/messages/count_tokens",  # wherever "messages" is served
 }
+# The APIs that stream (``force_stream`` applies to them), and those of them whose stream is
+# chat-shaped (``stream_options.include_usage`` asks for its usage; Responses always sends it).
+STREAMING = frozenset({"chat", "completions", "responses", "messages"})
+USAGE_OPTION = frozenset({"chat", "completions"})
 
 
 class OpenAICompatible:
@@ -56,7 +64,7 @@ class OpenAICompatible:
         body = encode_body(self.adapt(self.body(call, route)))
         response = await self.http.post(url, body, request_id=call.request_id, headers=call.headers)
         try:
-            return await self._reply(response)
+            return await self._reply(response, call.api)
         except BaseException:
             await response.aclose()
             raise
@@ -64,9 +72,9 @@ class OpenAICompatible:
     def body(self, call: Call, route: Route) -> dict[str, Any]:
         body = dict(call.body)
         body["model"] = route.upstream_model
-        if route.force_stream and not call.stream:
+        if route.force_stream and not call.stream and call.api in STREAMING:
             body["stream"] = True  # aggregated for the client; ask for usage to report it
-            if call.api != "messages":  # Messages streams carry usage unasked
+            if call.api in USAGE_OPTION:
                 options = body.get("stream_options") or {}
                 body["stream_options"] = {**options, "include_usage": True}
         return body
@@ -75,10 +83,11 @@ class OpenAICompatible:
         """A vendor's changes to the request body (none for OpenAI itself)."""
         return body
 
-    async def _reply(self, response: WireResponse) -> Reply:
+    async def _reply(self, response: WireResponse, api: str) -> Reply:
         kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "text/event-stream":
-            return Reply(chunks=self.http.events(response, self._parse), closers=[response.aclose])
+            parse = self._parse_responses if api == "responses" else self._parse
+            return Reply(chunks=self.http.events(response, parse), closers=[response.aclose])
         with self.http.errors("idle"):
             if kind == "application/json" or kind.endswith("+json"):
                 payload = self.http.json(await self.http.read(response))
@@ -117,6 +126,10 @@ class OpenAICompatible:
                 f"The upstream '{self.name}' sent a chunk that is not a JSON object."
             )
         return payload
+
+    def _parse_responses(self, event: Event) -> Any:
+        """A Responses event -> its payload (errors are items too: ``formats.responses``)."""
+        return responses_event(event, self.name, self.http.scrubber)
 
     async def aclose(self) -> None:
         return None  # the shared wire belongs to the app's lifespan

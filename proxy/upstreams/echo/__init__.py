@@ -2,7 +2,9 @@
 
 It is the default model and the reference the streaming tests time against: it streams the
 last user input back (``chat.py``; with ``chunk: char, delay_ms: 300``, the classic demo of one
-character every 0.3 s). Each API it serves is one module and one line in ``ANSWERS``.
+character every 0.3 s), the prompts of a text completion (``completions.py``), and hashed unit
+vectors as embeddings (``embeddings.py``). Each API it serves is one module and one line in
+``ANSWERS``; Responses calls reach it translated to chat (``formats.responses``).
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from collections.abc import Awaitable, Callable
 from proxy.errors import InvalidRequest
 from proxy.settings import EchoUpstream
 from proxy.upstreams.base import Call, Reply, Route
-from proxy.upstreams.echo import chat
+from proxy.upstreams.echo import chat, completions, embeddings
 
 Answer = Callable[[EchoUpstream, Call, Route], Awaitable[Reply]]
 
 ANSWERS: dict[str, Answer] = {
     "chat": chat.chat,
+    "completions": completions.completions,
+    "embeddings": embeddings.embeddings,
 }
 
 
