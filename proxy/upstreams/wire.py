@@ -42,10 +42,15 @@ class WireResponse(Protocol):
 
 class Wire(Protocol):
     async def send(
-        self, url: str, headers: Mapping[str, str], body: Body, timeouts: Timeouts
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        body: Body,
+        timeouts: Timeouts,
+        method: str = "POST",
     ) -> WireResponse:
-        """POST ``body``; return once the response head is in (no timeout of its own for
-        that: the caller bounds it)."""
+        """Send ``body`` (POST unless ``method`` says otherwise); return once the response
+        head is in (no timeout of its own for that: the caller bounds it)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -111,9 +116,15 @@ class AiohttpWire:
         )
 
     async def send(
-        self, url: str, headers: Mapping[str, str], body: Body, timeouts: Timeouts
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        body: Body,
+        timeouts: Timeouts,
+        method: str = "POST",
     ) -> _AiohttpResponse:
-        response = await self.session.post(
+        response = await self.session.request(
+            method,
             url,
             data=body,
             headers=headers,
@@ -162,11 +173,16 @@ class HttpxWire:
         self.transport = transport
 
     async def send(
-        self, url: str, headers: Mapping[str, str], body: Body, timeouts: Timeouts
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        body: Body,
+        timeouts: Timeouts,
+        method: str = "POST",
     ) -> _HttpxResponse:
         timeout = {"connect": timeouts.connect, "read": None, "write": timeouts.write}
         request = httpx.Request(
-            "POST",
+            method,
             url,
             headers=headers,
             content=body,
@@ -213,11 +229,16 @@ class SharedWire:
         return self._wire is not None
 
     async def send(
-        self, url: str, headers: Mapping[str, str], body: Body, timeouts: Timeouts
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        body: Body,
+        timeouts: Timeouts,
+        method: str = "POST",
     ) -> WireResponse:
         if self._wire is None:
             raise RuntimeError("the upstream wire is not open (the app's lifespan opens it)")
-        return await self._wire.send(url, headers, body, timeouts)
+        return await self._wire.send(url, headers, body, timeouts, method)
 
     async def aclose(self) -> None:
         if self._wire is not None:
