@@ -1,13 +1,19 @@
 """The API endpoints: each a module with one ``Endpoint`` subclass, listed in ``ENDPOINTS``.
 
 A new endpoint is one module and one line here; ``proxy.app`` routes and documents them all.
+Endpoints whose requests are not one JSON body (uploads, files) are ``TransferEndpoint``s,
+listed in ``TRANSFERS`` (``endpoints.transfer``).
 """
 
 from __future__ import annotations
 
 from proxy.endpoints.base import Endpoint
 from proxy.endpoints.chat import ChatCompletions
+from proxy.endpoints.files import Files
+from proxy.endpoints.transfer import TransferEndpoint
+from proxy.endpoints.uploads import Transcriptions, Translations
 
 ENDPOINTS: tuple[type[Endpoint], ...] = (ChatCompletions,)
+TRANSFERS: tuple[type[TransferEndpoint], ...] = (Transcriptions, Translations, Files)
 
-__all__ = ["ENDPOINTS", "Endpoint"]
+__all__ = ["ENDPOINTS", "TRANSFERS", "Endpoint", "TransferEndpoint"]

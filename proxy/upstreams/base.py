@@ -16,6 +16,8 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from proxy.upstreams.transfer import RawBody, Transfer
+
 
 @dataclass(slots=True)
 class Call:
@@ -28,6 +30,7 @@ class Call:
     request_id: str = ""
     include_usage: bool = False  # chat: stream_options.include_usage
     max_tokens: int | None = None
+    transfer: Transfer | None = None  # not one JSON body: an upload, a file (``transfer``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,7 @@ class Reply:
 
     completion: dict[str, Any] | None = None
     chunks: AsyncGenerator[dict[str, Any], None] | None = None
+    raw: RawBody | None = None  # an answer passed on as bytes (``transfer``)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def aclose(self) -> None:

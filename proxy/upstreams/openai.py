@@ -24,12 +24,15 @@ from proxy.settings import HTTPUpstream
 from proxy.sse import Event
 from proxy.upstreams import failures
 from proxy.upstreams.base import Call, Reply, Route
+from proxy.upstreams.forward import forward
 from proxy.upstreams.http import DONE, HTTPClient
 from proxy.upstreams.wire import Wire, WireResponse
 
 # Where each API lives under an OpenAI-compatible base URL.
 PATHS = {
     "chat": "/chat/completions",
+    "audio": "/audio",  # + /transcriptions, /translations (multipart: upstreams.forward)
+    "files": "/files",  # + /{id}, /{id}/content
 }
 
 
@@ -46,6 +49,8 @@ class OpenAICompatible:
         url = self.urls.get(call.api)
         if url is None:
             raise InvalidRequest(f"The upstream '{self.name}' does not serve the {call.api} API.")
+        if call.transfer is not None:  # an upload or a file request: not one JSON body
+            return await forward(self.http, url, call, route, self._parse)
         body = encode_body(self.adapt(self.body(call, route)))
         response = await self.http.post(url, body, request_id=call.request_id)
         try:

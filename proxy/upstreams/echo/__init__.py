@@ -2,7 +2,9 @@
 
 It is the default model and the reference the streaming tests time against: it streams the
 last user input back (``chat.py``; with ``chunk: char, delay_ms: 300``, the classic demo of one
-character every 0.3 s). Each API it serves is one module and one line in ``ANSWERS``.
+character every 0.3 s). Each API it serves is one module and one line in ``ANSWERS``. Uploads:
+a text file's transcript is its text (``audio.py``); ``/v1/files`` keeps files in a bounded
+temporary store, removed at shutdown (``files.py``, ``store.py``).
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from collections.abc import Awaitable, Callable
 from proxy.errors import InvalidRequest
 from proxy.settings import EchoUpstream
 from proxy.upstreams.base import Call, Reply, Route
-from proxy.upstreams.echo import chat
+from proxy.upstreams.echo import audio, chat, files
+from proxy.upstreams.echo.store import FileStore
 
 Answer = Callable[[EchoUpstream, Call, Route], Awaitable[Reply]]
 
 ANSWERS: dict[str, Answer] = {
     "chat": chat.chat,
+    "audio": audio.audio,
+    "files": files.files,
 }
 
 
@@ -28,6 +33,7 @@ class EchoModel:
 
     def __init__(self, config: EchoUpstream) -> None:
         self.config = config
+        self.files = FileStore()  # /v1/files (nothing on disk until the first upload)
 
     async def open(self, call: Call, route: Route) -> Reply:
         answer = ANSWERS.get(call.api)
@@ -36,4 +42,4 @@ class EchoModel:
         return await answer(self.config, call, route)
 
     async def aclose(self) -> None:
-        return None
+        self.files.close()
