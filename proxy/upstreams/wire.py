@@ -61,7 +61,8 @@ class _Connector(aiohttp.TCPConnector):
     upstream sent bytes nobody asked for (say, a second response after a complete one): the
     next request on it would read them as its answer, another client's. A connection that
     received anything while idle is closed instead of reused (``should_close`` covers
-    unsolicited messages, unparsed bytes and errors)."""
+    unsolicited messages, unparsed bytes and errors). And one closed with unsent bytes is
+    aborted (``_release``)."""
 
     async def _get(self, key: Any, traces: Any) -> Any:
         while True:
@@ -72,6 +73,16 @@ class _Connector(aiohttp.TCPConnector):
             if protocol is not None and not protocol.should_close:
                 return connection
             connection.close()
+
+    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
+        # A connection closed with request bytes still unsent (an upload the upstream stopped
+        # reading) is aborted: a graceful close would wait, holding the socket, for a reader
+        # that may never come.
+        transport = protocol.transport
+        closing = should_close or protocol.should_close
+        if closing and transport is not None and transport.get_write_buffer_size():
+            protocol.abort()
+        super()._release(key, protocol, should_close=should_close)
 
 
 class _AiohttpResponse:
