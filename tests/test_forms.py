@@ -226,6 +226,7 @@ def test_a_large_upload_is_held_to_its_model_then_streamed_and_not_replayable(
         )
         await upload.hold()
         assert not upload.complete and upload.length("up") is None
+        assert not upload.spooled  # the model came first: what is held stays in memory
         assert upload.replayable  # nothing read live has gone anywhere yet
         sent_body = await sent(upload, "up")
         assert not upload.replayable and upload.complete

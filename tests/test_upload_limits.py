@@ -456,3 +456,22 @@ def test_a_download_that_breaks_upstream_reaches_the_client_as_a_truncated_respo
         finally:
             logging.getLogger("uvicorn.error").removeHandler(catcher)
     assert errors == []
+
+
+def test_log_bodies_logs_an_uploads_fields_not_its_files(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    body = form(
+        ("model", None, None, b"m"),
+        ("prompt", None, None, b"key sk-abcdefghijklmnopqrstuvwx"),
+        ("file", "secret.wav", None, b"the file's bytes"),
+    )
+    with through(log_bodies=True) as (url, _):
+        response = requests.post(
+            f"{url}{TRANSCRIBE}", data=body, headers={"content-type": KIND}, timeout=10
+        )
+        assert response.ok
+    [record] = [r for r in caplog.records if r.name == "proxy.bodies"]
+    fields = record.fields  # type: ignore[attr-defined]
+    assert fields["files"] == ["file"]
+    assert "'model': 'm'" in fields["form"] and "sk-abcdefghijklmnopqrstuvwx" not in fields["form"]
+    assert "the file's bytes" not in str(fields)

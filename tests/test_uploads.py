@@ -156,13 +156,22 @@ def big_form(size: int, *, model_first: bool = True) -> tuple[bytes, str, str]:
     return body, "multipart/form-data; boundary=xYzZy", hashlib.sha256(data).hexdigest()
 
 
-def test_a_large_upload_streams_with_chunked_framing() -> None:
+def test_a_large_upload_streams_with_chunked_framing_and_no_spool() -> None:
     body, kind, digest = big_form(5 * 1024 * 1024)
+    before = spool_descriptors()
+    during: list[int] = []
     with through() as (url, fake):
+        watcher = threading.Timer(0.5, lambda: during.append(spool_descriptors()))
+        watcher.start()
         response = requests.post(
-            f"{url}{TRANSCRIBE}", data=body, headers={"content-type": kind}, timeout=30
+            f"{url}{TRANSCRIBE}",
+            data=slow_body(body, 3 * 1024 * 1024, 1.0),  # paused mid-file: look then
+            headers={"content-type": kind},
+            timeout=30,
         )
+        watcher.join()
         assert response.status_code == 200, response.text
+    assert during == [before]  # the model came first: nothing went to disk
     [seen] = fake.seen
     assert seen.framing == "chunked" and "content-length" not in seen.headers
     assert seen.complete and [p.name for p in seen.parts] == ["model", "file"]

@@ -17,7 +17,10 @@ import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
-MEMORY = 1024 * 1024  # bytes kept in memory before the rest goes to disk
+# Bytes kept in memory before the rest goes to disk: twice what an upload holds before it
+# starts sending once its model is known (``upload.HOLD``), so that only a file sent before its
+# model ever reaches the disk.
+MEMORY = 2 * 1024 * 1024
 READ = 256 * 1024  # bytes per read when re-sending
 
 

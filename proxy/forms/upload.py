@@ -6,11 +6,11 @@
     ... each attempt: upload.body(route's model) -> the upstream request body ...
     await upload.aclose()                   # on every way the request ends
 
-**Hold.** Parts are read and held (re-encoded, in a ``Spool``: memory up to 1 MiB, then an
+**Hold.** Parts are read and held (re-encoded, in a ``Spool``: memory up to 2 MiB, then an
 unlinked temporary file) until the ``model`` field has arrived (a file sent before it is
 spooled, never held whole in memory) and either the body has ended or more than ``HOLD``
-bytes are held. A small upload is thus read whole before anything is sent; a large one is held
-only up to its model.
+(1 MiB) are held. A small upload is thus read whole before anything is sent; a large one is
+held only up to its model, in memory when the model comes first.
 
 **Send.** Each attempt's body (``body(model)``) is the ``model`` field with the route's name
 for the model, the held parts, then the rest of the client's parts re-encoded the moment they
