@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from proxy.asgi import Send
+from proxy.asgi import Receive, Send
 from proxy.errors import ProxyError
 from proxy.formats.transfer import chat_usage
 from proxy.observability.access import Access
@@ -57,7 +57,7 @@ class Passthrough:
         plan: Plan,
         deadline: float | None,
         api: Format,
-        receive: Any,
+        receive: Receive,
         send: Send,
         access: Access,
     ) -> None:

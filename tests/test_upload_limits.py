@@ -24,7 +24,7 @@ from proxy.settings import Settings
 from tests.helpers import free_port, proxy_for, run_server, upstream_settings
 from tests.test_forms import form, spool_descriptors
 from tests.test_uploads import TRANSCRIBE, big_form, client_for, eventually, through
-from tests.upload_upstream import Answer, Seen, UploadUpstream, serve_uploads
+from tests.upload_upstream import Answer, Seen, UploadUpstream, default_answer, serve_uploads
 
 MiB = 1024 * 1024
 KIND = "multipart/form-data; boundary=xYzZy"
@@ -475,3 +475,90 @@ def test_log_bodies_logs_an_uploads_fields_not_its_files(caplog: pytest.LogCaptu
     assert fields["files"] == ["file"]
     assert "'model': 'm'" in fields["form"] and "sk-abcdefghijklmnopqrstuvwx" not in fields["form"]
     assert "the file's bytes" not in str(fields)
+
+
+async def refuse(seen: Seen) -> Answer:
+    return Answer(status=500, body=b'{"error": {"message": "no"}}')
+
+
+@pytest.mark.parametrize(
+    ("ending", "status"),
+    [("complete", 200), ("stall", 408), ("broken", 400), ("upstream 500", 500), ("too large", 413)],
+)
+def test_the_spool_is_freed_on_every_way_a_request_ends(ending: str, status: int) -> None:
+    """A file sent before its model (3 MiB: on disk), then the request ends one way or another:
+    the temporary file is gone each time."""
+    data = b"\x07" * (3 * MiB)
+    head = FILE_HEAD + data + b"\r\n"
+    tail = {"stall": b"", "broken": b"--xYzZy\r\nGarbage\r\n\r\n"}.get(
+        ending, MODEL_PART + b"--xYzZy--\r\n"
+    )
+    upstream = UploadUpstream(refuse if ending == "upstream 500" else default_answer)
+    settings: dict[str, Any] = {"body_timeout_seconds": 0.5, "routing": {"retries": 0}}
+    if ending == "too large":
+        settings["max_upload_bytes"] = 3 * MiB
+    before = spool_descriptors()
+    with through(upstream, **settings) as (url, _):
+        client = RawClient(url)
+        client.head(TRANSCRIBE, {"content-type": KIND, "transfer-encoding": "chunked"})
+        client.send(head, chunked=True)
+        if tail:
+            client.send(tail, chunked=True)
+            client.sock.sendall(b"0\r\n\r\n")
+        assert client.response()[0] == status
+        client.close()
+        assert eventually(lambda: spool_descriptors() == before)
+
+
+def test_admission_sees_the_model_before_anything_goes_upstream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``TransferEndpoint.admit``, where per-key limits plug in: called once the form's model
+    is known and before the upstream is asked; a refusal sends nothing upstream; its headers
+    go on the answer; it is settled when the request ends, however it ends."""
+    from proxy.endpoints.transfer import Admission, TransferEndpoint
+    from proxy.errors import RateLimited
+    from proxy.upstreams.base import Call
+
+    seen: list[str] = []
+
+    class Counted(Admission):
+        headers = {"x-ratelimit-remaining-requests": "9"}
+
+        async def settle(self, access: Any) -> None:
+            seen.append(f"settled {access.outcome}")
+
+    async def admit(self: Any, key: Any, call: Call, access: Any) -> Admission:
+        seen.append(f"admit {call.model!r} {call.api}")
+        if call.model == "limited":
+            raise RateLimited("Rate limit reached.", headers={"retry-after": "1"})
+        return Counted()
+
+    monkeypatch.setattr(TransferEndpoint, "admit", admit)
+    with serve_uploads() as fake:
+        config = Settings(
+            upstreams={"up": {"type": "openai", "base_url": fake.url}},
+            models={"m": {"upstream": "up"}, "limited": {"upstream": "up"}},
+        )
+        with run_server(create_app(config)) as url:
+            refused = requests.post(
+                f"{url}{TRANSCRIBE}",
+                data=form(("model", None, None, b"limited"), ("file", "a", None, b"x")),
+                headers={"content-type": KIND},
+                timeout=10,
+            )
+            assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+            assert fake.seen == []
+            ok = requests.post(
+                f"{url}{TRANSCRIBE}", data=GOOD, headers={"content-type": KIND}, timeout=10
+            )
+            assert ok.headers["x-ratelimit-remaining-requests"] == "9"
+            assert requests.get(f"{url}/v1/files", timeout=10).status_code == 200
+            assert eventually(lambda: len(seen) == 5)
+    assert seen == [
+        "admit 'limited' audio",
+        "admit 'm' audio",
+        "settled complete",
+        "admit '' files",
+        "settled complete",
+    ]

@@ -104,14 +104,17 @@ class TransferEndpoint:
         """Read what routing needs; raise ``ProxyError`` (having freed what it held)."""
         raise NotImplementedError
 
-    def identify(self, scope: Scope) -> None:
-        """The key, before any byte of the body is read."""
+    def identify(self, scope: Scope) -> Any:
+        """The key, before any byte of the body is read (401 otherwise). What this returns
+        is handed to ``admit``."""
         self.services.auth.check(scope)
+        return None
 
-    async def admit(self, scope: Scope, model: str | None, access: Access) -> Admission:
-        """Per-key admission: THE place it goes. The model is known (None: ``/v1/files``,
-        which names none), nothing has been sent upstream yet; raise ``ProxyError`` (403,
-        429, 503) to refuse. What this returns is settled however the request ends."""
+    async def admit(self, key: Any, call: Call, access: Access) -> Admission:
+        """Per-key admission: THE place it goes. ``key`` is what ``identify`` returned; the
+        call's model is known (``call.model`` is "" for ``/v1/files``, which names none),
+        nothing has been sent upstream yet; raise ``ProxyError`` (403, 429, 503) to refuse.
+        What this returns is settled however the request ends."""
         return Admission()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -120,9 +123,9 @@ class TransferEndpoint:
         try:
             try:
                 self.services.drain.refuse_if_draining()
-                self.identify(scope)
+                key = self.identify(scope)
                 prepared = await self.accept(scope, receive)
-                admission = await self.admit(scope, prepared.call.model or None, access)
+                admission = await self.admit(key, prepared.call, access)
             except ProxyError as error:
                 access.end(error.outcome, error.kind)
                 await send_json(send, error.status, self.format.error_body(error), error.headers)
