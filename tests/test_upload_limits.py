@@ -562,3 +562,28 @@ def test_admission_sees_the_model_before_anything_goes_upstream(
         "admit '' files",
         "settled complete",
     ]
+
+
+def test_a_shutdown_mid_upload_ends_it_with_503_and_frees_the_spool() -> None:
+    """A file before the model (spooled), the model, then a second file streaming live when the
+    shutdown's grace runs out: the upload ends with 503 ``shutting_down``, the upstream request
+    is aborted, the spool freed."""
+    before = spool_descriptors()
+    with serve_uploads() as fake:
+        app = create_app(upstream_settings(fake.url))
+        drain = app.state.services.drain
+        with run_server(app) as url:
+            client = RawClient(url)
+            client.head(TRANSCRIBE, {"content-type": KIND, "transfer-encoding": "chunked"})
+            client.send(FILE_HEAD + b"\x01" * (3 * MiB) + b"\r\n" + MODEL_PART, chunked=True)
+            client.send(FILE_HEAD.replace(b'"file"', b'"more"') + b"\x02" * MiB, chunked=True)
+            assert eventually(lambda: bool(drain._active))  # the request, tracked
+            assert spool_descriptors() == before + 1
+            watchdog = next(iter(drain._active))
+            watchdog._loop.call_soon_threadsafe(drain.expire)  # the grace is over, now
+            status, body = client.response()
+            client.close()
+            assert (status, body["error"]["code"]) == (503, "shutting_down")
+            assert eventually(lambda: spool_descriptors() == before)
+            assert eventually(lambda: fake.seen[0].done.is_set())
+    assert fake.seen[0].closed and not fake.seen[0].complete
