@@ -6,7 +6,8 @@ scratch (so hop-by-hop headers and the client's ``Authorization`` stay behind), 
 upstream's key injected and the request id passed on. The body is the client's, unknown
 fields included, with the upstream's model name, and ``stream: true`` whenever the client
 streams or the route is ``force_stream``. A vendor whose server needs more than that
-subclasses ``OpenAICompatible`` and overrides ``adapt`` (``upstreams.qwen``).
+subclasses ``OpenAICompatible`` and overrides ``adapt`` (``upstreams.qwen``). Uploads and file
+requests (``Call.transfer``: not one JSON body) are sent by ``upstreams.forward``.
 
 Timeouts: ``connect``; ``first_byte`` until the response headers; ``idle`` for each wait on
 the body; all enforced by ``HTTPClient``.
