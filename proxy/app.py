@@ -24,7 +24,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
-from proxy.endpoints import ENDPOINTS, Endpoint
+from proxy.endpoints import ENDPOINTS, TRANSFERS, Endpoint, TransferEndpoint
 from proxy.endpoints.service import service_routes
 from proxy.errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError
 from proxy.middleware import RootPath, TrustedProxies
@@ -68,8 +68,13 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         # openai-python's base_url may or may not end in /v1: both spellings are served.
         for path in (endpoint.path, endpoint.path.removeprefix("/v1")):
             app.router.routes.append(Route(path, endpoint, methods=["POST"]))
+    transfers = [transfer(services) for transfer in TRANSFERS]
+    for transfer in transfers:
+        for route, methods in transfer.paths().items():
+            for path in (route, route.removeprefix("/v1")):
+                app.router.routes.append(Route(path, transfer, methods=methods))
     app.include_router(service_routes(services))
-    app.openapi = lambda: _openapi(app, endpoints)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, endpoints, transfers)  # type: ignore[method-assign]
     _add_error_handlers(app)
     return app
 
@@ -87,7 +92,7 @@ def _middleware(settings: Settings, services: Services) -> list[Middleware]:
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
-                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                 allow_headers=["*"],
                 expose_headers=["x-request-id"],
                 max_age=600,
@@ -96,7 +101,9 @@ def _middleware(settings: Settings, services: Services) -> list[Middleware]:
     return middleware
 
 
-def _openapi(app: FastAPI, endpoints: list[Endpoint]) -> dict[str, Any]:
+def _openapi(
+    app: FastAPI, endpoints: list[Endpoint], transfers: list[TransferEndpoint]
+) -> dict[str, Any]:
     """FastAPI's schema of its own routes, plus the API endpoints with their request bodies."""
     if app.openapi_schema:
         return app.openapi_schema
@@ -118,6 +125,10 @@ def _openapi(app: FastAPI, endpoints: list[Endpoint]) -> dict[str, Any]:
                 },
             }
         }
+    for transfer in transfers:
+        for operation in transfer.operations:
+            paths = schema["paths"].setdefault(operation.path, {})
+            paths[operation.method.lower()] = operation.openapi()
     app.openapi_schema = schema
     return schema
 

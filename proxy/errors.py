@@ -10,6 +10,7 @@ failure it is and whether another attempt may help.
     ├── MethodNotAllowed            405
     ├── RequestTimeout              408 (the body trickled in too slowly)
     ├── PayloadTooLarge             413
+    ├── ClientDisconnected          499 (the client left mid-upload: nobody reads the answer)
     ├── RateLimited                 429 rate_limit_exceeded (a key's limits)
     ├── LimitsUnavailable           503 limits_unavailable (the limits' backend is down)
     ├── ServiceUnavailable          503 (shutting down; the limits backend is down)
@@ -191,6 +192,18 @@ class PayloadTooLarge(ClientError):
 
     status = 413
     code = "request_too_large"
+
+
+class ClientDisconnected(ClientError):
+    """The client went away while sending its body (an upload abandoned halfway). Nobody is left
+    to read the answer; the status is nginx's "client closed request", for the access log."""
+
+    status = 499
+    code = "client_disconnected"
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome.CLIENT_DISCONNECT
 
 
 class RateLimited(ClientError):

@@ -30,7 +30,7 @@ API's format (``proxy.formats``); the relay does the rest, the same way for ever
 - **complete**: the format's one JSON answer;
 - the access record (time to first token, chunks, tokens, attempts, outcome) and the metrics.
 
-Every way a request can end maps to one ``Outcome`` in one place (``_ending``).
+Every way a request can end maps to one ``Outcome`` in one place (``ended_by``).
 """
 
 from __future__ import annotations
@@ -203,19 +203,19 @@ class Relay:
                 plan.succeeded(attempt)
                 access.answered(attempt)
                 access.count_tokens(getattr(exchange, "usage", completion.get("usage")))
-                headers = _served(plan, attempt)
-                await _last(send, watchdog, orjson.dumps(completion), 200, headers)
+                headers = served_headers(plan, attempt)
+                await send_last(send, watchdog, orjson.dumps(completion), 200, headers)
                 return
         except ProxyError as error:  # every attempt failed: the last error, as HTTP
             access.end(error.outcome, error.kind)
-            await _last(send, watchdog, api.error_body(error), error.status, error.headers)
+            await send_last(send, watchdog, api.error_body(error), error.status, error.headers)
         except asyncio.CancelledError:
             if watchdog.reason is None:  # not ours: the server's
                 raise
-            _uncancel()
-            ending = _ending(watchdog, watchdog.deadline_seconds, access)
+            uncancel()
+            ending = ended_by(watchdog, watchdog.deadline_seconds, access)
             if ending is not None:  # the client can still be told, as an HTTP error
-                await _last(send, watchdog, api.error_body(ending), ending.status)
+                await send_last(send, watchdog, api.error_body(ending), ending.status)
         finally:
             if attempt is not None:
                 attempt.release()
@@ -229,25 +229,25 @@ class Relay:
         try:
             committed = await self._commit(call, plan, api, _Opening(send, watchdog))
             access.answered(committed.attempt)
-            headers = [*SSE_HEADERS, *_header_pairs(_served(plan, committed.attempt))]
+            headers = [*SSE_HEADERS, *_header_pairs(served_headers(plan, committed.attempt))]
             await watchdog.send_headers({**start, "headers": headers})
             await self._write(committed, send, watchdog, access)
         except ProxyError as error:  # nothing committed: every attempt failed
             access.end(error.outcome, error.kind)
             await watchdog.stop_keepalive()
             if watchdog.headers_sent:  # a ping went out: the error event, as after a commit
-                await _last(send, watchdog, api.error_event(error))
+                await send_last(send, watchdog, api.error_event(error))
             else:
-                await _last(send, watchdog, api.error_body(error), error.status, error.headers)
+                await send_last(send, watchdog, api.error_body(error), error.status, error.headers)
         except asyncio.CancelledError:
             if watchdog.reason is None:
                 raise
-            _uncancel()
-            ending = _ending(watchdog, watchdog.deadline_seconds, access)
+            uncancel()
+            ending = ended_by(watchdog, watchdog.deadline_seconds, access)
             if ending is not None and committed is None and not watchdog.headers_sent:
-                await _last(send, watchdog, api.error_body(ending), ending.status)
+                await send_last(send, watchdog, api.error_body(ending), ending.status)
             elif ending is not None and committed is None:
-                await _last(send, watchdog, api.error_event(ending))
+                await send_last(send, watchdog, api.error_event(ending))
         finally:
             if committed is not None:
                 committed.attempt.release()
@@ -316,8 +316,8 @@ class Relay:
         except asyncio.CancelledError:
             if watchdog.reason is None:
                 raise
-            _uncancel()
-            ending = _ending(watchdog, watchdog.deadline_seconds, access)
+            uncancel()
+            ending = ended_by(watchdog, watchdog.deadline_seconds, access)
             if ending is None:  # the client is gone or stuck: nothing more can reach it
                 return
             tail = stream.error(ending)
@@ -326,7 +326,7 @@ class Relay:
             if in_flight is not None:
                 in_flight.dec()
         await watchdog.stop_keepalive()
-        await _last(send, watchdog, tail)
+        await send_last(send, watchdog, tail)
 
 
 class _Opening:
@@ -384,7 +384,7 @@ def _as(call: Call, attempt: Attempt) -> Call:
     return call if attempt.model == call.model else dataclasses.replace(call, model=attempt.model)
 
 
-def _served(plan: Plan, attempt: Attempt) -> dict[str, str]:
+def served_headers(plan: Plan, attempt: Attempt) -> dict[str, str]:
     """How the answer was served, in response headers (README "Routing")."""
     return {
         "x-proxy-attempts": str(len(plan.attempts)),
@@ -397,7 +397,7 @@ def _header_pairs(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(name.encode(), value.encode()) for name, value in headers.items()]
 
 
-def _ending(watchdog: Watchdog, deadline: float | None, access: Access) -> ProxyError | None:
+def ended_by(watchdog: Watchdog, deadline: float | None, access: Access) -> ProxyError | None:
     """Why the watchdog cancelled the request -> its outcome, and the error the client can
     still be told (None: nothing more can reach it)."""
     reason = watchdog.reason
@@ -416,7 +416,7 @@ def _ending(watchdog: Watchdog, deadline: float | None, access: Access) -> Proxy
     return None
 
 
-async def _last(
+async def send_last(
     send: Send,
     watchdog: Watchdog,
     body: bytes,
@@ -433,10 +433,10 @@ async def _last(
     except asyncio.CancelledError:
         if watchdog.reason is None:
             raise
-        _uncancel()
+        uncancel()
 
 
-def _uncancel() -> None:
+def uncancel() -> None:
     task = asyncio.current_task()
     if task is not None:
         task.uncancel()

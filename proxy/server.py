@@ -10,9 +10,11 @@
   when a client pipelines a second request and then goes away, the first one (still running)
   never hears of it. The running cycle is remembered and told too.
 - **No waiting on a client that stopped reading.** When the app ends a response it had begun
-  without finishing it (it gave up on a stuck client, or a shutdown's grace ran out), the
-  connection is aborted: a plain close first flushes what is buffered, which for a client
-  that reads nothing is never, and holds a shutdown until uvicorn's own timeout.
+  without finishing it (it gave up on a stuck client, a shutdown's grace ran out, or a body
+  passed on as it came broke upstream), the connection is aborted: a plain close first
+  flushes what is buffered, which for a client that reads nothing is never, and holds a
+  shutdown until uvicorn's own timeout; and for a body that broke, only the abort tells the
+  client it is incomplete.
 
 A client that half-closes (``shutdown(SHUT_WR)``) after its request is treated as gone, as by
 uvicorn: on the wire it looks the same as a client that closed, and an upstream kept
@@ -103,6 +105,9 @@ class ProxyHTTPProtocol(HttpToolsProtocol):
             finally:
                 if cycle.response_started and not cycle.response_complete:
                     transport.abort()
+                    # Ended on purpose (a stuck client, a body that broke upstream): no
+                    # "returned without completing response" ERROR from uvicorn for it.
+                    cycle.disconnected = True
 
         super()._start_asgi_task(cycle, run)
 

@@ -63,11 +63,13 @@ class Services:
             upstreams, router,
         )  # fmt: skip
 
-    async def admit(self, key: Key, model: str, tokens: int, access: Access) -> Ticket:
+    async def admit(self, key: Key, model: str | None, tokens: int, access: Access) -> Ticket:
         """Let a request of ``key`` for ``model`` in, reserving ``tokens``: 403 if the key may
         not use the model (not counted), 429 over a limit, 503 if the limits cannot be checked
-        (``on_backend_error: deny``)."""
-        key.check(model)
+        (``on_backend_error: deny``). ``model`` None: a request that names none
+        (``/v1/files``), whose endpoint checked what the key may reach itself."""
+        if model is not None:
+            key.check(model)
         try:
             return await self.limiter.admit(key.name, key.limits, tokens)
         finally:

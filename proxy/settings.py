@@ -63,12 +63,11 @@ class HTTPUpstream(_Strict):
     timeouts: Timeouts = Timeouts()
     headers: dict[str, str] = {}
     # The APIs the server speaks natively (passed through); the others are translated to
-    # chat completions where a translation exists. OpenAI itself: add responses.
-    apis: list[Literal["chat", "completions", "embeddings", "responses", "messages"]] = [
-        "chat",
-        "completions",
-        "embeddings",
-    ]
+    # chat completions where a translation exists. OpenAI itself: add responses. "audio"
+    # (transcriptions, translations) and "files" are multipart uploads, passed through only.
+    apis: list[
+        Literal["chat", "completions", "embeddings", "responses", "messages", "audio", "files"]
+    ] = ["chat", "completions", "embeddings", "audio", "files"]
     # How the key is sent: "Authorization: Bearer <key>", or "x-api-key: <key>" (Anthropic).
     api_key_header: Literal["authorization", "x-api-key"] = "authorization"
     # The server's reasoning switch, for Messages requests translated to chat (``thinking``):
@@ -230,6 +229,10 @@ class Settings(BaseSettings):
     cors_origins: list[str] = []
     keepalive_seconds: float = Field(15.0, gt=0)
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    # Multipart uploads (/v1/audio/*, /v1/files) are streamed, never held: their own limit.
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1)
+    # Where /v1/files goes (it names no model): this upstream, else the first model's.
+    files_upstream: str | None = None
     # The request line and headers of one request (431 past it); nginx allows 4 x 8 KB.
     max_header_bytes: int = Field(64 * 1024, ge=1024)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
@@ -292,6 +295,24 @@ class Settings(BaseSettings):
                             f"models.{name}.{key}: {other!r} is not another configured model"
                         )
         return self
+
+    @model_validator(mode="after")
+    def _check_files_upstream(self) -> Settings:
+        if self.files_upstream is not None and self.files_upstream not in self.upstreams:
+            known = ", ".join(sorted(self.upstreams)) or "none"
+            raise ValueError(
+                f"files_upstream: unknown upstream {self.files_upstream!r} (configured: {known})"
+            )
+        return self
+
+    def files_upstream_name(self) -> str | None:
+        """The upstream of ``/v1/files``: ``files_upstream``, else the first model's (its
+        first deployment's); None with no model at all."""
+        if self.files_upstream is not None:
+            return self.files_upstream
+        for route in self.models.values():
+            return route.targets()[0].upstream
+        return None
 
     @classmethod
     def settings_customise_sources(

@@ -182,3 +182,13 @@ def openai_arrivals(url: str, text: str, model: str = "echo") -> tuple[float, li
         if chunk.choices and chunk.choices[0].delta.content
     ]
     return started, times
+
+
+def eventually(check: Any, timeout: float = 3.0) -> bool:
+    """Poll ``check()`` until it holds (the server finishes a request just after answering)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

@@ -26,7 +26,7 @@ import requests
 
 from proxy import Settings, create_app
 from tests.fake_upstream import Recorded, Reply, serve_fake, sse_response
-from tests.helpers import free_port, proxy_for, run_server
+from tests.helpers import eventually, free_port, proxy_for, run_server
 from tests.test_process import proxy_process
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -139,11 +139,19 @@ def test_upstream_key_never_reaches_the_client(place: str, key: str, stream: boo
 # --- 2. one client never gets another's answer -----------------------------------------------
 
 
-def interim(kind: str) -> Any:
-    """Answers each request with its own text, after an interim response or with an extra one."""
+def interim(kind: str, written: list[str] | None = None) -> Any:
+    """Answers each request with its own text, after an interim response or with an extra one;
+    appends the text to ``written`` once everything it sends is sent."""
 
     async def handler(request: Recorded, reply: Reply) -> None:
         text = request.json()["messages"][-1]["content"]
+        try:
+            await answer(text, request, reply)
+        finally:
+            if written is not None:
+                written.append(text)
+
+    async def answer(text: str, request: Recorded, reply: Reply) -> None:
         if kind == "103":
             reply.writer.write(
                 b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n"
@@ -212,16 +220,25 @@ def answer_of(response: requests.Response, stream: bool) -> str:
 
 @pytest.mark.parametrize("kind", ["103", "100", "extra", "extra-same-packet", "extra-later"])
 def test_each_client_gets_its_own_answer(kind: str) -> None:
-    with proxy_to(interim(kind)) as (url, _):
+    """Stray bytes that reached the proxy before the next request is sent never become its
+    answer. (Bytes that arrive only after the next request went out on that connection cannot
+    be told from its answer, by any HTTP/1.1 client: so each next request waits until the
+    upstream has written everything, else the test would time the fake's thread, not us.)"""
+    written: list[str] = []
+
+    def ask(text: str, stream: bool) -> str:
+        got = answer_of(post(url, stream, text), stream)
+        assert eventually(lambda: text in written)  # the extra response is on its way
+        if kind == "extra-later":  # once the stray bytes are in the idle pool
+            time.sleep(0.1)
+        return got
+
+    with proxy_to(interim(kind, written)) as (url, _):
         for round_ in range(3):
             for stream_a in (True, False):
                 for stream_b in (True, False):
-                    if kind == "extra-later":  # once the stray bytes are in the idle pool
-                        time.sleep(0.1)
-                    a = answer_of(post(url, stream_a, f"A{round_}"), stream_a)
-                    if kind == "extra-later":
-                        time.sleep(0.1)
-                    b = answer_of(post(url, stream_b, f"B{round_}"), stream_b)
+                    a = ask(f"A{round_}", stream_a)
+                    b = ask(f"B{round_}", stream_b)
                     assert (a, b) == (f"A{round_}", f"B{round_}")
 
 

@@ -37,3 +37,16 @@ def test_bench_quick_run() -> None:
         name, direct, proxy = (cell.strip() for cell in line.strip("|").split("|")[:3])
         wanted = name.split()[0]  # "50 streams x 3 chunks..." -> "50"
         assert direct == proxy == wanted, line
+
+
+def test_upload_bench_quick_run() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.uploads", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in ("upload, model first: MB/s", "file first (spooled): proxy peak RSS"):
+        assert row in result.stdout, result.stdout

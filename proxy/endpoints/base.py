@@ -58,10 +58,7 @@ class Endpoint:
         try:
             call, plan, ticket = await self.accept(scope, receive, access)
         except ProxyError as error:
-            access.end(error.outcome, error.kind)
-            if isinstance(error, RateLimited):
-                access.limited = error.reason
-            await send_json(send, error.status, self.format.error_body(error), error.headers)
+            await refuse(send, self.format, error, access)
             return
         try:
             deadline = self.services.router.deadline(call.model)
@@ -109,6 +106,14 @@ def with_headers(send: Send, headers: dict[str, str]) -> Send:
         await send(message)
 
     return sending
+
+
+async def refuse(send: Send, api: Format, error: ProxyError, access: Access) -> None:
+    """Answer a request refused before the relay (bad input, a key, a limit, draining)."""
+    access.end(error.outcome, error.kind)
+    if isinstance(error, RateLimited):
+        access.limited = error.reason
+    await send_json(send, error.status, api.error_body(error), error.headers)
 
 
 async def settle(ticket: Ticket, access: Access) -> None:

@@ -16,6 +16,8 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from proxy.upstreams.transfer import RawBody, Transfer
+
 
 @dataclass(slots=True)
 class Call:
@@ -31,6 +33,7 @@ class Call:
     # The client's headers an upstream speaking ``api`` natively gets too (Anthropic's
     # ``anthropic-version``, ``anthropic-beta``); none otherwise: never its key.
     headers: dict[str, str] = field(default_factory=dict)
+    transfer: Transfer | None = None  # not one JSON body: an upload, a file (``transfer``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,7 @@ class Reply:
 
     completion: dict[str, Any] | None = None
     chunks: AsyncGenerator[dict[str, Any], None] | None = None
+    raw: RawBody | None = None  # an answer passed on as bytes (``transfer``)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def aclose(self) -> None:

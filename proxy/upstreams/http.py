@@ -70,21 +70,23 @@ class HTTPClient:
         *,
         request_id: str = "",
         headers: dict[str, str] | None = None,
+        method: str = "POST",
     ) -> WireResponse:
-        """Send; return once the head is in. Raises ``ProxyError`` (4xx/5xx included)."""
+        """Send (``method``: GET, DELETE for files); return once the head is in. Raises
+        ``ProxyError`` (4xx/5xx included)."""
         sent = {**self.headers, **(headers or {})}
         if request_id:
             sent["x-request-id"] = request_id
         with self.errors("first_byte"):
             async with asyncio.timeout(self.timeouts.first_byte):
                 try:
-                    response = await self.wire.send(url, sent, body, self.timeouts)
+                    response = await self.wire.send(url, sent, body, self.timeouts, method)
                 except (aiohttp.ClientError, httpx.TransportError) as exc:
                     if not isinstance(body, bytes) or not _stale(exc):
                         raise
                     # The upstream closed a kept-alive connection just as we reused it; no
                     # byte of answer came, so sending again (on another connection) is safe.
-                    response = await self.wire.send(url, sent, body, self.timeouts)
+                    response = await self.wire.send(url, sent, body, self.timeouts, method)
         try:
             with self.errors("idle"):
                 await self._check(response)

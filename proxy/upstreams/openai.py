@@ -8,7 +8,8 @@ upstream's key injected, the request id passed on, and only the headers an endpo
 The body is the client's, unknown fields included, with the upstream's model name, and
 ``stream: true`` whenever the client streams or the route is ``force_stream``. A vendor whose
 server needs more than that subclasses ``OpenAICompatible`` and overrides ``adapt``
-(``upstreams.qwen``).
+(``upstreams.qwen``). Uploads and file requests (``Call.transfer``: not one JSON body) are
+sent by ``upstreams.forward``.
 
 Timeouts: ``connect``; ``first_byte`` until the response headers; ``idle`` for each wait on
 the body; all enforced by ``HTTPClient``.
@@ -26,6 +27,7 @@ from proxy.settings import HTTPUpstream
 from proxy.sse import Event
 from proxy.upstreams import failures
 from proxy.upstreams.base import Call, Reply, Route
+from proxy.upstreams.forward import forward
 from proxy.upstreams.http import DONE, HTTPClient
 from proxy.upstreams.responses_events import responses_event
 from proxy.upstreams.wire import Wire, WireResponse
@@ -38,6 +40,8 @@ PATHS = {
     "responses": "/responses",
     "messages": "/messages",  # Anthropic's Messages API (vLLM, llama.cpp, Ollama serve it too)
     "messages.count_tokens": "/messages/count_tokens",  # wherever "messages" is served
+    "audio": "/audio",  # + /transcriptions, /translations (multipart: upstreams.forward)
+    "files": "/files",  # + /{id}, /{id}/content
 }
 # The APIs that stream (``force_stream`` applies to them), and those of them whose stream is
 # chat-shaped (``stream_options.include_usage`` asks for its usage; Responses always sends it).
@@ -61,6 +65,8 @@ class OpenAICompatible:
         url = self.urls.get(call.api)
         if url is None:
             raise InvalidRequest(f"The upstream '{self.name}' does not serve the {call.api} API.")
+        if call.transfer is not None:  # an upload or a file request: not one JSON body
+            return await forward(self.http, url, call, route, self._parse)
         body = encode_body(self.adapt(self.body(call, route)))
         response = await self.http.post(url, body, request_id=call.request_id, headers=call.headers)
         try:

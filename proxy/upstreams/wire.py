@@ -42,10 +42,15 @@ class WireResponse(Protocol):
 
 class Wire(Protocol):
     async def send(
-        self, url: str, headers: Mapping[str, str], body: Body, timeouts: Timeouts
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        body: Body,
+        timeouts: Timeouts,
+        method: str = "POST",
     ) -> WireResponse:
-        """POST ``body``; return once the response head is in (no timeout of its own for
-        that: the caller bounds it)."""
+        """Send ``body`` (POST unless ``method`` says otherwise); return once the response
+        head is in (no timeout of its own for that: the caller bounds it)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -56,7 +61,8 @@ class _Connector(aiohttp.TCPConnector):
     upstream sent bytes nobody asked for (say, a second response after a complete one): the
     next request on it would read them as its answer, another client's. A connection that
     received anything while idle is closed instead of reused (``should_close`` covers
-    unsolicited messages, unparsed bytes and errors)."""
+    unsolicited messages, unparsed bytes and errors). And one closed with unsent bytes is
+    aborted (``_release``)."""
 
     async def _get(self, key: Any, traces: Any) -> Any:
         while True:
@@ -67,6 +73,16 @@ class _Connector(aiohttp.TCPConnector):
             if protocol is not None and not protocol.should_close:
                 return connection
             connection.close()
+
+    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
+        # A connection closed with request bytes still unsent (an upload the upstream stopped
+        # reading) is aborted: a graceful close would wait, holding the socket, for a reader
+        # that may never come.
+        transport = protocol.transport
+        closing = should_close or protocol.should_close
+        if closing and transport is not None and transport.get_write_buffer_size():
+            protocol.abort()
+        super()._release(key, protocol, should_close=should_close)
 
 
 class _AiohttpResponse:
@@ -111,9 +127,15 @@ class AiohttpWire:
         )
 
     async def send(
-        self, url: str, headers: Mapping[str, str], body: Body, timeouts: Timeouts
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        body: Body,
+        timeouts: Timeouts,
+        method: str = "POST",
     ) -> _AiohttpResponse:
-        response = await self.session.post(
+        response = await self.session.request(
+            method,
             url,
             data=body,
             headers=headers,
@@ -162,11 +184,16 @@ class HttpxWire:
         self.transport = transport
 
     async def send(
-        self, url: str, headers: Mapping[str, str], body: Body, timeouts: Timeouts
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        body: Body,
+        timeouts: Timeouts,
+        method: str = "POST",
     ) -> _HttpxResponse:
         timeout = {"connect": timeouts.connect, "read": None, "write": timeouts.write}
         request = httpx.Request(
-            "POST",
+            method,
             url,
             headers=headers,
             content=body,
@@ -213,11 +240,16 @@ class SharedWire:
         return self._wire is not None
 
     async def send(
-        self, url: str, headers: Mapping[str, str], body: Body, timeouts: Timeouts
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        body: Body,
+        timeouts: Timeouts,
+        method: str = "POST",
     ) -> WireResponse:
         if self._wire is None:
             raise RuntimeError("the upstream wire is not open (the app's lifespan opens it)")
-        return await self._wire.send(url, headers, body, timeouts)
+        return await self._wire.send(url, headers, body, timeouts, method)
 
     async def aclose(self) -> None:
         if self._wire is not None:
