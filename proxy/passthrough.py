@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from proxy.asgi import Receive, Send
+from proxy.asgi import Send
 from proxy.errors import ProxyError
 from proxy.formats.transfer import chat_usage
 from proxy.observability.access import Access
@@ -43,38 +43,24 @@ log = logging.getLogger(__name__)
 USAGE_BYTES = 1024 * 1024  # bytes of a JSON answer kept to read its usage
 
 
-class Passthrough:
-    """See the module docstring. One per app, sharing the relay's settings."""
+class Passthrough(Relay):
+    """See the module docstring. One per app, with the relay's settings (``beside``)."""
 
-    def __init__(self, relay: Relay) -> None:
-        self.drain = relay.drain
-        self.keepalive = relay.keepalive
-        self.send_timeout = relay.send_timeout
+    pings = False  # nothing may be added to a body passed on as it came
 
-    async def serve(
-        self,
-        call: Call,
-        plan: Plan,
-        deadline: float | None,
-        api: Format,
-        receive: Receive,
-        send: Send,
-        access: Access,
-    ) -> None:
-        access.model, access.stream = call.model, False
-        watchdog = Watchdog(receive, send, self.keepalive, self.send_timeout, deadline, b"")
-        watchdog.start()
-        self.drain.track(watchdog)
-        try:
-            await self._serve(call, plan, api, send, watchdog, access)
-        finally:
-            self.drain.untrack(watchdog)
-            watchdog.stop()
-            access.routed(plan)
+    @classmethod
+    def beside(cls, relay: Relay) -> Passthrough:
+        return cls(
+            drain=relay.drain,
+            metrics=relay.metrics,
+            keepalive=relay.keepalive,
+            send_timeout=relay.send_timeout,
+        )
 
-    async def _serve(
+    async def answer(
         self, call: Call, plan: Plan, api: Format, send: Send, watchdog: Watchdog, access: Access
     ) -> None:
+        """The first upstream to answer, its answer passed on as it came."""
         opened: tuple[Attempt, Reply] | None = None
         try:
             opened = await _open(call, plan, api)

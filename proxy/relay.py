@@ -146,6 +146,8 @@ class _Committed:
 class Relay:
     """See the module docstring. One per app; ``serve`` once per request."""
 
+    pings = True  # the API's ping keeps a silent answer alive (not in a body passed on as is)
+
     def __init__(
         self,
         *,
@@ -170,18 +172,25 @@ class Relay:
         access: Access,
     ) -> None:
         access.model, access.stream = call.model, call.stream
-        watchdog = Watchdog(receive, send, self.keepalive, self.send_timeout, deadline, api.ping)
+        ping = api.ping if self.pings else b""
+        watchdog = Watchdog(receive, send, self.keepalive, self.send_timeout, deadline, ping)
         watchdog.start()
         self.drain.track(watchdog)
         try:
-            if call.stream:
-                await self._stream(call, plan, api, send, watchdog, access)
-            else:
-                await self._complete(call, plan, api, send, watchdog, access)
+            await self.answer(call, plan, api, send, watchdog, access)
         finally:
             self.drain.untrack(watchdog)
             watchdog.stop()
             access.routed(plan)
+
+    async def answer(
+        self, call: Call, plan: Plan, api: Format, send: Send, watchdog: Watchdog, access: Access
+    ) -> None:
+        """Answer the request under ``watchdog``: a stream, or one JSON."""
+        if call.stream:
+            await self._stream(call, plan, api, send, watchdog, access)
+        else:
+            await self._complete(call, plan, api, send, watchdog, access)
 
     async def _complete(
         self, call: Call, plan: Plan, api: Format, send: Send, watchdog: Watchdog, access: Access

@@ -84,7 +84,7 @@ class TransferEndpoint:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.passthrough = Passthrough(services.relay)
+        self.passthrough = Passthrough.beside(services.relay)
 
     def paths(self) -> dict[str, list[str]]:
         """Each path and its methods, for the router."""

@@ -19,7 +19,8 @@ from proxy.formats.chunks import (
     estimate_usage,
     normalize_completion,
 )
-from proxy.sse import DONE, PING, encode_event
+from proxy.formats.openai_shape import OpenAIShape
+from proxy.sse import DONE, encode_event
 from proxy.upstreams.base import Call, Reply, Route
 
 
@@ -106,22 +107,12 @@ class ChatExchange:
         return completion
 
 
-class ChatFormat:
+class ChatFormat(OpenAIShape):
     """The chat completions API, for the relay (``relay.Format``)."""
-
-    ping = PING
 
     @staticmethod
     def exchange(call: Call, route: Route) -> ChatExchange:
         return ChatExchange(call)
-
-    @staticmethod
-    def error_body(error: ProxyError) -> bytes:
-        return error.to_json()
-
-    @staticmethod
-    def error_event(error: ProxyError) -> bytes:
-        return encode_event(error.to_dict())
 
 
 async def aggregate(call: Call, reply: Reply) -> Chunk:

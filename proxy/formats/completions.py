@@ -18,7 +18,8 @@ from typing import Any
 
 from proxy.errors import InvalidRequest, ProxyError, UpstreamTruncated
 from proxy.formats.chunks import Chunk, estimate_tokens, malformed, valid_usage
-from proxy.sse import DONE, PING, encode_event
+from proxy.formats.openai_shape import OpenAIShape
+from proxy.sse import DONE, encode_event
 from proxy.upstreams.base import Call, Reply, Route
 
 
@@ -201,23 +202,13 @@ async def _iterate(completion: Chunk) -> Any:
         yield {**completion, "choices": []}
 
 
-class CompletionsFormat:
+class CompletionsFormat(OpenAIShape):
     """Legacy text completions, for the relay (``relay.Format``)."""
-
-    ping = PING
 
     @staticmethod
     def exchange(call: Call, route: Route) -> CompletionExchange:
         unserved(call, route, "completions", "/v1/chat/completions")
         return CompletionExchange(call)
-
-    @staticmethod
-    def error_body(error: ProxyError) -> bytes:
-        return error.to_json()
-
-    @staticmethod
-    def error_event(error: ProxyError) -> bytes:
-        return encode_event(error.to_dict())
 
 
 def unserved(call: Call, route: Route, api: str, instead: str | None) -> None:

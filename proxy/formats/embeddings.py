@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.errors import ProxyError, UpstreamMalformed
+from proxy.errors import UpstreamMalformed
 from proxy.formats.completions import unserved
-from proxy.sse import PING, encode_event
+from proxy.formats.openai_shape import OpenAIShape
 from proxy.upstreams.base import Call, Reply, Route
 
 Json = dict[str, Any]
@@ -45,20 +45,10 @@ class EmbeddingExchange:
         return answer
 
 
-class EmbeddingsFormat:
+class EmbeddingsFormat(OpenAIShape):
     """Embeddings, for the relay (``relay.Format``): only the non-stream half is used."""
-
-    ping = PING
 
     @staticmethod
     def exchange(call: Call, route: Route) -> EmbeddingExchange:
         unserved(call, route, "embeddings", None)
         return EmbeddingExchange(call)
-
-    @staticmethod
-    def error_body(error: ProxyError) -> bytes:
-        return error.to_json()
-
-    @staticmethod
-    def error_event(error: ProxyError) -> bytes:
-        return encode_event(error.to_dict())

@@ -15,12 +15,12 @@ answer's events then could not continue without a gap.
 from __future__ import annotations
 
 from proxy.errors import ProxyError
+from proxy.formats.openai_shape import OpenAIShape
 from proxy.formats.responses_native import NativeExchange
 from proxy.formats.responses_objects import frames, new_response_id, responses_usage
 from proxy.formats.responses_request import chat_request
 from proxy.formats.responses_stream import ResponsesStream, response_from_completion
 from proxy.formats.responses_translated import TranslatedExchange
-from proxy.sse import PING
 from proxy.upstreams.base import Call, Route
 from proxy.upstreams.responses_events import error_event
 
@@ -34,20 +34,14 @@ __all__ = [
 ]
 
 
-class ResponsesFormat:
+class ResponsesFormat(OpenAIShape):
     """The Responses API, for the relay (``relay.Format``)."""
-
-    ping = PING
 
     @staticmethod
     def exchange(call: Call, route: Route) -> NativeExchange | TranslatedExchange:
         if "responses" in route.upstream.apis:
             return NativeExchange(call)
         return TranslatedExchange(call)  # raises InvalidRequest for what chat cannot carry
-
-    @staticmethod
-    def error_body(error: ProxyError) -> bytes:
-        return error.to_json()  # HTTP errors have the same shape in every OpenAI API
 
     @staticmethod
     def error_event(error: ProxyError) -> bytes:

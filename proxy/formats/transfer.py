@@ -22,7 +22,8 @@ from typing import Any
 import orjson
 
 from proxy.errors import InvalidRequest, ProxyError, UpstreamMalformed, UpstreamTruncated
-from proxy.sse import MAX_EVENT, PING, encode_event
+from proxy.formats.openai_shape import OpenAIShape
+from proxy.sse import MAX_EVENT, encode_event
 from proxy.upstreams.base import Call, Reply, Route
 from proxy.upstreams.transfer import RawBody
 
@@ -109,10 +110,8 @@ class TransferExchange:
         return {"text": text, "usage": usage} if usage else {"text": text}
 
 
-class TransferFormat:
+class TransferFormat(OpenAIShape):
     """Uploads and file requests, for the relay and the pass-through (``relay.Format``)."""
-
-    ping = PING
 
     @staticmethod
     def exchange(call: Call, route: Route) -> TransferExchange:
@@ -122,14 +121,6 @@ class TransferFormat:
                 f"(its apis in the config)."
             )
         return TransferExchange(call)
-
-    @staticmethod
-    def error_body(error: ProxyError) -> bytes:
-        return error.to_json()
-
-    @staticmethod
-    def error_event(error: ProxyError) -> bytes:
-        return encode_event(error.to_dict())
 
 
 async def read_all(raw: RawBody, limit: int = MAX_EVENT) -> bytes:
