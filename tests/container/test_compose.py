@@ -92,11 +92,19 @@ def ask(path):
     return {"status": status, "code": code, "seconds": round(time.monotonic() - started, 3),
             "retry_after": headers.get("retry-after")}
 
+def answered(path):
+    # The status, or 0 while nothing listens yet (a replica still starting: nginx may be
+    # healthy through the other one already).
+    try:
+        return ask(path)["status"]
+    except urllib.error.URLError:
+        return 0
+
 def until(paths, timeout):
     # Seconds until every path answers 200 once in a row, or None.
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        if all(ask(path)["status"] == 200 for path in paths):
+        if all(answered(path) == 200 for path in paths):
             return round(time.monotonic() - started, 2)
         time.sleep(0.1)
     return None
