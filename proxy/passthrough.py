@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from proxy.asgi import Receive, Send
+from proxy.asgi import Receive, Send, header_value
 from proxy.errors import ProxyError
 from proxy.formats.transfer import chat_usage
 from proxy.observability.access import Access
@@ -126,7 +126,8 @@ async def _write(
         await send_last(send, watchdog, body, 200, served)
         return
     raw = reply.raw
-    headers = [(name.encode(), value.encode()) for name, value in {**raw.headers, **served}.items()]
+    passed = {**raw.headers, **served}.items()
+    headers = [(name.encode(), header_value(value)) for name, value in passed]
     watchdog.start_keepalive()  # from here a client that stops reading is dropped
     await send({"type": "http.response.start", "status": raw.status, "headers": headers})
     usage = _UsageTap(raw.headers.get("content-type", ""))

@@ -1,0 +1,61 @@
+"""Attacks on the seams between keys and limits, routing, uploads and files, Anthropic Messages
+and Responses, over real sockets: each test was written to fail on the code before its fix.
+
+- an upstream header with a byte that is not UTF-8 (a 429's ``Retry-After``, a download's
+  ``Content-Disposition``) was a 500 with a traceback;
+"""
+
+from __future__ import annotations
+
+import requests
+
+from proxy import create_app
+from tests.fake_upstream import Handler, Recorded, Reply, serve_fake
+from tests.helpers import run_server, upstream_settings
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def raw_answer(head: bytes, body: bytes) -> Handler:
+    """An upstream that writes exactly ``head`` (status line and headers) and ``body``."""
+
+    async def handler(request: Recorded, reply: Reply) -> None:
+        reply.writer.write(head + b"\r\n\r\n" + body)
+        await reply.writer.drain()
+
+    return handler
+
+
+# --- an upstream's header bytes ------------------------------------------------------------
+
+
+def test_a_retry_after_that_is_not_utf8_is_passed_on_not_a_500() -> None:
+    """aiohttp decodes a header's non-UTF-8 bytes as surrogates; encoding them strictly for the
+    client raised, and the client got a 500 instead of the upstream's 429."""
+    body = b'{"error": {"message": "slow down", "type": "rate_limit"}}'
+    head = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
+    head += b"content-length: %d\r\nretry-after: 1\xff" % len(body)
+    with (
+        serve_fake(raw_answer(head, body)) as fake,
+        run_server(create_app(upstream_settings(fake.url, routing={"retries": 0}))) as url,
+    ):
+        for path, extra in (("/v1/chat/completions", {}), ("/v1/messages", {"max_tokens": 5})):
+            answer = requests.post(f"{url}{path}", json={**CHAT, **extra}, timeout=10)
+            assert answer.status_code == 429, answer.text
+            assert "slow down" in answer.text
+            assert answer.headers["retry-after"].encode("latin-1") == b"1\xff"  # as it came
+
+
+def test_a_download_whose_headers_are_not_utf8_is_passed_on_as_it_came() -> None:
+    content = b"file bytes"
+    disposition = b'attachment; filename="r\xe9sum\xe9.txt"'  # Latin-1, as some servers send
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"
+    head += b"content-length: %d\r\ncontent-disposition: %s" % (len(content), disposition)
+    with (
+        serve_fake(raw_answer(head, content)) as fake,
+        run_server(create_app(upstream_settings(fake.url))) as url,
+    ):
+        answer = requests.get(f"{url}/v1/files/file-1/content", timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert answer.content == content
+        assert answer.headers["content-disposition"].encode("latin-1") == disposition
