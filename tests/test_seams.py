@@ -3,15 +3,22 @@ and Responses, over real sockets: each test was written to fail on the code befo
 
 - an upstream header with a byte that is not UTF-8 (a 429's ``Retry-After``, a download's
   ``Content-Disposition``) was a 500 with a traceback;
+- a file id of ``..`` or ``.`` reached the upstream's ``<base_url>/`` and
+  ``<base_url>/content`` (``DELETE`` too) with the proxy's upstream key;
 """
 
 from __future__ import annotations
+
+import socket
+from urllib.parse import urlsplit
 
 import requests
 
 from proxy import create_app
 from tests.fake_upstream import Handler, Recorded, Reply, serve_fake
 from tests.helpers import run_server, upstream_settings
+from tests.test_uploads import files_answer
+from tests.upload_upstream import UploadUpstream, serve_uploads
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -59,3 +66,41 @@ def test_a_download_whose_headers_are_not_utf8_is_passed_on_as_it_came() -> None
         assert answer.status_code == 200, answer.text
         assert answer.content == content
         assert answer.headers["content-disposition"].encode("latin-1") == disposition
+
+
+# --- file ids ------------------------------------------------------------------------------
+
+
+def raw_request(url: str, method: str, target: str) -> tuple[int, bytes]:
+    """``method target`` sent as written (HTTP clients remove dot segments themselves)."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_a_file_id_of_dots_never_leaves_the_files_path_upstream() -> None:
+    with (
+        serve_uploads(UploadUpstream(files_answer)) as fake,
+        run_server(create_app(upstream_settings(fake.url))) as url,
+    ):
+        for method, target in [
+            ("GET", "/v1/files/.."),
+            ("DELETE", "/v1/files/.."),
+            ("GET", "/v1/files/%2e%2e"),
+            ("GET", "/v1/files/../content"),
+            ("GET", "/v1/files/%2E%2E/content"),
+            ("DELETE", "/v1/files/."),
+            ("GET", "/files/%2e/content"),
+        ]:
+            status, body = raw_request(url, method, target)
+            assert status == 400, (method, target, status, body)
+            assert b"invalid_value" in body
+        assert fake.seen == []
+        status, _ = raw_request(url, "GET", "/v1/files/file-..x")  # dots inside an id are fine
+        assert status == 200
+        assert [seen.path for seen in fake.seen] == ["/v1/files/file-..x"]
