@@ -5,10 +5,13 @@ and Responses, over real sockets: each test was written to fail on the code befo
   ``Content-Disposition``) was a 500 with a traceback;
 - a file id of ``..`` or ``.`` reached the upstream's ``<base_url>/`` and
   ``<base_url>/content`` (``DELETE`` too) with the proxy's upstream key;
+- a downloaded JSON file with a ``usage`` field was charged to the key's ``tpm`` as if it were
+  an answer's usage (any key may download a file another key uploaded);
 """
 
 from __future__ import annotations
 
+import json
 import socket
 from urllib.parse import urlsplit
 
@@ -18,9 +21,11 @@ from proxy import create_app
 from tests.fake_upstream import Handler, Recorded, Reply, serve_fake
 from tests.helpers import run_server, upstream_settings
 from tests.test_uploads import files_answer
-from tests.upload_upstream import UploadUpstream, serve_uploads
+from tests.upload_upstream import Answer, Seen, UploadUpstream, serve_uploads
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+KEY = "sk-seams-0123456789abcdef"
+AUTH = {"authorization": f"Bearer {KEY}"}
 
 
 def raw_answer(head: bytes, body: bytes) -> Handler:
@@ -104,3 +109,33 @@ def test_a_file_id_of_dots_never_leaves_the_files_path_upstream() -> None:
         status, _ = raw_request(url, "GET", "/v1/files/file-..x")  # dots inside an id are fine
         assert status == 200
         assert [seen.path for seen in fake.seen] == ["/v1/files/file-..x"]
+
+
+# --- what is charged to a key ----------------------------------------------------------------
+
+
+def test_a_downloaded_files_content_is_not_charged_as_usage() -> None:
+    """Only a transcription's JSON answer carries usage; a file's content is data."""
+    usage = {"prompt_tokens": 90000, "completion_tokens": 0, "total_tokens": 90000}
+
+    async def answer(seen: Seen) -> Answer:
+        return Answer(body=json.dumps({"text": "t", "usage": usage}).encode())
+
+    with serve_uploads(UploadUpstream(answer)) as fake:
+        config = upstream_settings(fake.url, keys=[{"name": "k", "key": KEY, "tpm": 100000}])
+        with run_server(create_app(config)) as url:
+            for _ in range(2):
+                got = requests.get(f"{url}/v1/files/file-1/content", headers=AUTH, timeout=10)
+                assert got.status_code == 200 and got.json()["usage"] == usage
+                assert requests.get(f"{url}/v1/files/file-1", headers=AUTH, timeout=10).ok
+            listed = requests.get(f"{url}/v1/files", headers=AUTH, timeout=10)
+            # four file requests: one token each, settled as it was reserved
+            assert listed.headers["x-ratelimit-remaining-tokens"] == str(100000 - 5)
+            # a transcription's usage is charged: 90000, then the next request sees it
+            form = {"file": ("a.wav", b"RIFF")}
+            heard = requests.post(
+                f"{url}/v1/audio/transcriptions", data={"model": "m"}, files=form, headers=AUTH
+            )
+            assert heard.status_code == 200
+            after = requests.get(f"{url}/v1/files", headers=AUTH, timeout=10)
+            assert after.headers["x-ratelimit-remaining-tokens"] == str(100000 - 6 - 90000)
