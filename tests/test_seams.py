@@ -7,6 +7,8 @@ and Responses, over real sockets: each test was written to fail on the code befo
   ``<base_url>/content`` (``DELETE`` too) with the proxy's upstream key;
 - a downloaded JSON file with a ``usage`` field was charged to the key's ``tpm`` as if it were
   an answer's usage (any key may download a file another key uploaded);
+- ``/v1/messages/count_tokens`` refused by a limit was not counted in
+  ``proxy_rate_limited_total`` nor marked ``limited`` in the access line;
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import json
 import socket
 from urllib.parse import urlsplit
 
+import pytest
 import requests
 
 from proxy import create_app
 from tests.fake_upstream import Handler, Recorded, Reply, serve_fake
-from tests.helpers import run_server, upstream_settings
+from tests.helpers import echo_settings, run_server, upstream_settings
 from tests.test_uploads import files_answer
 from tests.upload_upstream import Answer, Seen, UploadUpstream, serve_uploads
 
@@ -139,3 +142,32 @@ def test_a_downloaded_files_content_is_not_charged_as_usage() -> None:
             assert heard.status_code == 200
             after = requests.get(f"{url}/v1/files", headers=AUTH, timeout=10)
             assert after.headers["x-ratelimit-remaining-tokens"] == str(100000 - 6 - 90000)
+
+
+def rate_limited(url: str) -> float:
+    """``proxy_rate_limited_total{key="k", reason="requests"}``."""
+    for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith('proxy_rate_limited_total{key="k",reason="requests"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@pytest.mark.parametrize("path", ["/v1/messages/count_tokens", "/v1/messages"])
+def test_a_limited_count_tokens_is_counted_and_logged_as_limited(
+    path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="proxy.access")
+    body = {"model": "echo", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    config = echo_settings(keys=[{"name": "k", "key": KEY, "rpm": 1}])
+    with run_server(create_app(config)) as url:
+        assert requests.post(f"{url}{path}", json=body, headers=AUTH, timeout=10).ok
+        refused = requests.post(f"{url}{path}", json=body, headers=AUTH, timeout=10)
+        assert refused.status_code == 429
+        assert refused.json()["error"]["type"] == "rate_limit_error"  # Anthropic's shape
+        assert int(refused.headers["retry-after"]) >= 1
+        assert rate_limited(url) == 1
+    lines = [r.fields for r in caplog.records if r.name == "proxy.access"]  # type: ignore[attr-defined]
+    assert [(line["status"], line["limited"]) for line in lines if line["path"] == path] == [
+        (200, None),
+        (429, "requests"),
+    ]

@@ -20,7 +20,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from proxy.asgi import Receive, Scope, Send, send_json
-from proxy.endpoints.base import Endpoint, with_headers
+from proxy.endpoints.base import Endpoint, refuse, with_headers
 from proxy.endpoints.messages import anthropic_headers, reaches_native, validate_messages
 from proxy.errors import ProxyError, UpstreamMalformed
 from proxy.formats.anthropic import count_tokens
@@ -63,9 +63,8 @@ class CountTokens(Endpoint):
         access: Access = scope["state"]["access"]
         try:
             call, plan, ticket = await self.accept(scope, receive, access)
-        except ProxyError as error:
-            access.end(error.outcome, error.kind)
-            await send_json(send, error.status, self.format.error_body(error), error.headers)
+        except ProxyError as error:  # as every endpoint refuses: a 429 is marked ``limited``
+            await refuse(send, self.format, error, access)
             return
         try:  # a count generates no tokens: the request counts, its reservation is refunded
             access.model, access.stream = call.model, False
