@@ -9,12 +9,17 @@ and Responses, over real sockets: each test was written to fail on the code befo
   an answer's usage (any key may download a file another key uploaded);
 - ``/v1/messages/count_tokens`` refused by a limit was not counted in
   ``proxy_rate_limited_total`` nor marked ``limited`` in the access line;
+- embeddings and token counts, which generate nothing, reserved the 1024 answer tokens of a
+  request without ``max_tokens`` (which embeddings cannot send): a key with ``tpm: 3000`` got
+  429s on its third concurrent small embedding;
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import threading
 from urllib.parse import urlsplit
 
 import pytest
@@ -171,3 +176,51 @@ def test_a_limited_count_tokens_is_counted_and_logged_as_limited(
         (200, None),
         (429, "requests"),
     ]
+
+
+EMBEDDING = {
+    "object": "list",
+    "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.5]}],
+    "model": "up",
+    "usage": {"prompt_tokens": 2, "total_tokens": 2},
+}
+
+
+def test_embeddings_and_counts_reserve_no_answer_tokens() -> None:
+    """Six small embeddings in flight at once under ``tpm: 3000``: each reserves its body's
+    share (about 20 tokens), not 1024 more for an answer it will never generate; then each is
+    charged what the upstream reported. A token count reserves nothing and is charged nothing."""
+
+    async def slow(request: Recorded, reply: Reply) -> None:
+        await asyncio.sleep(1.0)  # all six in flight together
+        await reply.json(200, EMBEDDING)
+
+    body = {"model": "m", "input": "two words"}
+    size = len(json.dumps(body, separators=(",", ":")))
+    with serve_fake(slow) as fake:
+        config = upstream_settings(fake.url, keys=[{"name": "k", "key": KEY, "tpm": 3000}])
+        with run_server(create_app(config)) as url:
+            answers: list[requests.Response] = []
+
+            def embed() -> None:
+                data = json.dumps(body, separators=(",", ":"))
+                answers.append(
+                    requests.post(f"{url}/v1/embeddings", data=data, headers=AUTH, timeout=10)
+                )
+
+            threads = [threading.Thread(target=embed) for _ in range(6)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert sorted(answer.status_code for answer in answers) == [200] * 6
+            remaining = sorted(int(a.headers["x-ratelimit-remaining-tokens"]) for a in answers)
+            assert remaining[0] == 3000 - 6 * (size // 4)  # the last admitted saw all six
+
+            count = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            counted = requests.post(
+                f"{url}/v1/messages/count_tokens", json=count, headers=AUTH, timeout=10
+            )
+            assert counted.status_code == 200
+            # six embeddings charged 2 each; the count reserved its one token, then nothing
+            assert counted.headers["x-ratelimit-remaining-tokens"] == str(3000 - 12 - 1)

@@ -59,6 +59,11 @@ class CountTokens(Endpoint):
     def prepare(self, call: Call, plan: Plan, scope: Scope) -> None:
         call.headers = anthropic_headers(scope)
 
+    def reserve(self, body_size: int, call: Call) -> int:
+        """Nothing (the limiter keeps its minimum of one): a count generates no tokens and is
+        charged none (its ticket is released), so it must not crowd out what does."""
+        return 0
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         access: Access = scope["state"]["access"]
         try:
