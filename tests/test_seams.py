@@ -12,6 +12,10 @@ and Responses, over real sockets: each test was written to fail on the code befo
 - embeddings and token counts, which generate nothing, reserved the 1024 answer tokens of a
   request without ``max_tokens`` (which embeddings cannot send): a key with ``tpm: 3000`` got
   429s on its third concurrent small embedding;
+
+and, as regressions, what held already: a key on every route the app serves (every method,
+with and without ``/v1``, under ``root_path``), and a ``max_parallel: 1`` key's slot freed on
+every way a request of each API ends.
 """
 
 from __future__ import annotations
@@ -20,14 +24,17 @@ import asyncio
 import json
 import socket
 import threading
+import time
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 
-from proxy import create_app
+from proxy import Settings, create_app
 from tests.fake_upstream import Handler, Recorded, Reply, serve_fake
-from tests.helpers import echo_settings, run_server, upstream_settings
+from tests.helpers import echo_settings, eventually, run_server, upstream_settings
 from tests.test_uploads import files_answer
 from tests.upload_upstream import Answer, Seen, UploadUpstream, serve_uploads
 
@@ -224,3 +231,161 @@ def test_embeddings_and_counts_reserve_no_answer_tokens() -> None:
             assert counted.status_code == 200
             # six embeddings charged 2 each; the count reserved its one token, then nothing
             assert counted.headers["x-ratelimit-remaining-tokens"] == str(3000 - 12 - 1)
+
+
+# --- what held already, kept so -------------------------------------------------------------
+
+PUBLIC = {"/", "/healthz", "/readyz", "/metrics", "/openapi.json"}
+
+
+def served(routes: Any) -> Iterator[tuple[str, set[str]]]:
+    """Each (path, methods) of a router, into included routers (FastAPI wraps them)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from served(included.routes)
+        else:
+            yield route.path, set(route.methods or ())
+
+
+def test_every_route_but_the_public_ones_needs_a_key() -> None:
+    """Every route of the app (enumerated, so a route added later is covered), every method it
+    takes (and HEAD), as served and under ``root_path``: 401 without a key, in its API's shape;
+    ``x-api-key`` works wherever ``Authorization`` does."""
+    app = create_app(echo_settings(keys=[{"name": "k", "key": KEY}], root_path="/llm"))
+    routes = list(served(app.router.routes))
+    assert len([path for path, _ in routes if path not in PUBLIC]) >= 20
+    with run_server(app) as url:
+        for path, methods in routes:
+            if path in PUBLIC:
+                continue
+            target = path.replace("{file_id}", "file-1")
+            heads = {"HEAD"} if "GET" in methods else set()
+            for method in sorted(methods | heads):
+                for prefix in ("", "/llm"):
+                    answer = requests.request(method, f"{url}{prefix}{target}", timeout=10)
+                    allowed = (401, 405) if method == "HEAD" else (401,)  # 405: nothing served
+                    assert answer.status_code in allowed, (method, prefix + target, answer.text)
+                    if method == "HEAD":
+                        continue
+                    error = answer.json()
+                    assert error["error"]["type"] == (
+                        "authentication_error" if "/messages" in path else "invalid_request_error"
+                    )
+                    keyed = requests.request(
+                        method, f"{url}{prefix}{target}", headers={"x-api-key": KEY}, timeout=10
+                    )
+                    assert keyed.status_code != 401, (method, prefix + target)
+
+
+MiB = 1024 * 1024
+TRANSCRIBE = "/v1/audio/transcriptions"
+FORM = "multipart/form-data; boundary=xYzZy"
+MODEL_PART = b'--xYzZy\r\nContent-Disposition: form-data; name="model"\r\n\r\nm\r\n'
+FILE_HEAD = b'--xYzZy\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\n'
+
+
+def test_a_max_parallel_slot_is_freed_on_every_ending_of_every_api() -> None:
+    """A ``max_parallel: 1`` key ends a request of each API in each way that could leak its
+    slot (an upload refused with 413 or abandoned after its admission, a download or a stream
+    abandoned, a token count); after each, its next request is admitted at once."""
+
+    async def answer(seen: Seen) -> Answer:
+        if seen.path.endswith("/content"):  # a download far larger than what is read of it
+            return Answer(content_type="application/octet-stream", body=b"x" * (32 * MiB))
+        return Answer(body=b'{"text": "ok"}')
+
+    words = " ".join(f"w{index}" for index in range(40))
+
+    def too_large(url: str) -> None:
+        def body() -> Iterator[bytes]:  # chunked: no length to refuse it by before admission
+            yield MODEL_PART + FILE_HEAD
+            for _ in range(3):
+                yield b"x" * MiB  # admitted once 1 MiB is held, refused past 2 MiB
+            yield b"\r\n--xYzZy--\r\n"
+
+        headers = {**AUTH, "content-type": FORM}
+        answer = requests.post(f"{url}{TRANSCRIBE}", data=body(), headers=headers, timeout=10)
+        assert answer.status_code == 413
+
+    def abandoned_upload(path: str, head: bytes) -> Any:
+        def act(url: str) -> None:
+            parts = urlsplit(url)
+            with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+                request = f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                request += f"Content-Type: {FORM}\r\nContent-Length: {2 * MiB}\r\n\r\n"
+                # past the 1 MiB held before sending: admitted, streaming upstream; then gone
+                sock.sendall(request.encode() + head + b"x" * (MiB + MiB // 2))
+                time.sleep(0.5)
+
+        return act
+
+    def abandoned(path: str, marker: str, **request: Any) -> Any:
+        def act(url: str) -> None:
+            with requests.post(
+                f"{url}{path}", headers=AUTH, stream=True, timeout=10, **request
+            ) as streamed:
+                assert streamed.status_code == 200, streamed.text
+                for line in streamed.iter_lines(decode_unicode=True):
+                    if marker in line:
+                        return  # gone mid-stream
+            raise AssertionError(f"no {marker} in the stream")
+
+        return act
+
+    def download(url: str) -> None:
+        target = f"{url}/v1/files/file-1/content"
+        with requests.get(target, headers=AUTH, stream=True, timeout=10) as got:
+            next(got.iter_content(65536))  # then gone
+
+    def count(url: str) -> None:
+        body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+        answer = requests.post(
+            f"{url}/v1/messages/count_tokens", json=body, headers=AUTH, timeout=10
+        )
+        assert answer.ok
+
+    messages = {"model": "echo", "max_tokens": 99, "stream": True}
+    endings = {
+        "upload 413 after admission": too_large,
+        "upload abandoned after admission": abandoned_upload(TRANSCRIBE, MODEL_PART + FILE_HEAD),
+        "file upload abandoned": abandoned_upload("/v1/files", FILE_HEAD),
+        "download abandoned": download,
+        "messages stream abandoned": abandoned(
+            "/v1/messages",
+            "content_block_delta",
+            json={**messages, "messages": [{"role": "user", "content": words}]},
+        ),
+        "responses stream abandoned": abandoned(
+            "/v1/responses",
+            "output_text.delta",
+            json={"model": "echo", "stream": True, "input": words},
+        ),
+        "transcript stream abandoned": abandoned(
+            TRANSCRIBE,
+            "transcript.text.delta",
+            data={"model": "echo", "stream": "true"},
+            files={"file": ("a.txt", words.encode(), "text/plain")},
+        ),
+        "token count": count,
+    }
+    with serve_uploads(UploadUpstream(answer)) as fake:
+        config = Settings(
+            upstreams={
+                "up": {"type": "openai", "base_url": fake.url},
+                "echo": {"type": "echo", "delay_ms": 50},
+            },
+            models={"m": {"upstream": "up"}, "echo": {"upstream": "echo"}},
+            keys=[{"name": "solo", "key": KEY, "max_parallel": 1}],
+            max_upload_bytes=2 * MiB,
+        )
+        chat = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+
+        def admitted() -> bool:
+            answer = requests.post(f"{url}/v1/chat/completions", json=chat, headers=AUTH, timeout=9)
+            return answer.status_code == 200
+
+        with run_server(create_app(config)) as url:
+            for ending, act in endings.items():
+                act(url)
+                assert eventually(admitted, timeout=2), ending
