@@ -15,7 +15,8 @@ and Responses, over real sockets: each test was written to fail on the code befo
 
 and, as regressions, what held already: a key on every route the app serves (every method,
 with and without ``/v1``, under ``root_path``), and a ``max_parallel: 1`` key's slot freed on
-every way a request of each API ends.
+every way a request of each API ends, and ``tpm`` charged what the upstream reported in each
+API's own usage shape (Messages with its cache counts, Responses, a transcription).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import pytest
 import requests
 
 from proxy import Settings, create_app
+from tests.anthropic_fakes import frame, native_events, native_message
 from tests.fake_upstream import Handler, Recorded, Reply, serve_fake
 from tests.helpers import echo_settings, eventually, run_server, upstream_settings
 from tests.test_uploads import files_answer
@@ -389,3 +391,97 @@ def test_a_max_parallel_slot_is_freed_on_every_ending_of_every_api() -> None:
             for ending, act in endings.items():
                 act(url)
                 assert eventually(admitted, timeout=2), ending
+
+
+RESPONSE = {
+    "id": "resp_1",
+    "object": "response",
+    "created_at": 1,
+    "status": "completed",
+    "model": "up",
+    "output": [
+        {
+            "type": "message",
+            "id": "msg_1",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "hi", "annotations": []}],
+        }
+    ],
+    "usage": {"input_tokens": 40, "output_tokens": 2, "total_tokens": 42},
+}
+
+
+def sse(kind: str, **data: Any) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+
+
+async def native(request: Recorded, reply: Reply) -> None:
+    """A server that speaks Messages, Responses and transcriptions, reporting usage."""
+    streamed = request.path.endswith(("/messages", "/responses")) and request.json().get("stream")
+    if request.path.endswith("/messages"):
+        if not streamed:
+            await reply.json(200, native_message())  # 21 in, 7 out
+            return
+        await reply.start()
+        for event in native_events():  # 21 in + 5 cache read, 7 out
+            await reply.send(frame(event))
+        await reply.end()
+    elif request.path.endswith("/responses"):
+        if not streamed:
+            await reply.json(200, RESPONSE)
+            return
+        await reply.start()
+        started = {**RESPONSE, "status": "in_progress", "output": [], "usage": None}
+        await reply.send(sse("response.created", response=started))
+        delta = {"item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": "hi"}
+        await reply.send(sse("response.output_text.delta", **delta))
+        await reply.send(sse("response.completed", response=RESPONSE))
+        await reply.end()
+    else:
+        usage = {"type": "tokens", "input_tokens": 50, "output_tokens": 5, "total_tokens": 55}
+        await reply.json(200, {"text": "heard", "usage": usage})
+
+
+@pytest.mark.parametrize(
+    ("path", "request_kwargs", "charged"),
+    [
+        ("/v1/messages", {"json": {"max_tokens": 99}}, 28),
+        ("/v1/messages", {"json": {"max_tokens": 99, "stream": True}}, 33),
+        ("/v1/responses", {"json": {"input": "hi"}}, 42),
+        ("/v1/responses", {"json": {"input": "hi", "stream": True}}, 42),
+        (TRANSCRIBE, {"data": {}, "files": {"file": ("a.wav", b"RIFF")}}, 55),
+    ],
+)
+def test_tpm_is_charged_what_each_api_reported(
+    path: str, request_kwargs: dict[str, Any], charged: int
+) -> None:
+    if "json" in request_kwargs:
+        request_kwargs["json"] = {
+            **request_kwargs["json"],
+            "model": "m",
+            "messages": CHAT["messages"],
+        }
+    else:
+        request_kwargs["data"] = {"model": "m"}
+    tpm = 100000
+    with serve_fake(native) as fake:
+        config = Settings(
+            upstreams={
+                "up": {
+                    "type": "openai",
+                    "base_url": fake.url,
+                    "apis": ["messages", "responses", "audio"],
+                },
+                "echo": {"type": "echo", "delay_ms": 0},
+            },
+            models={"m": {"upstream": "up"}, "echo": {"upstream": "echo"}},
+            keys=[{"name": "k", "key": KEY, "tpm": tpm}],
+        )
+        with run_server(create_app(config)) as url:
+            answer = requests.post(f"{url}{path}", headers=AUTH, timeout=10, **request_kwargs)
+            assert answer.status_code == 200, answer.text
+            probe = json.dumps({**CHAT, "model": "echo", "max_tokens": 1}, separators=(",", ":"))
+            after = requests.post(f"{url}/v1/chat/completions", data=probe, headers=AUTH, timeout=9)
+            reserved = len(probe) // 4 + 1  # the probe's own reservation
+            assert int(after.headers["x-ratelimit-remaining-tokens"]) == tpm - charged - reserved
