@@ -12,6 +12,8 @@ and Responses, over real sockets: each test was written to fail on the code befo
 - embeddings and token counts, which generate nothing, reserved the 1024 answer tokens of a
   request without ``max_tokens`` (which embeddings cannot send): a key with ``tpm: 3000`` got
   429s on its third concurrent small embedding;
+- openai-python with a base URL without ``/v1`` (served for every API) got 404 for
+  ``models.list()``, and ``models.retrieve()`` was a 404 for every model;
 
 and, as regressions, what held already: a key on every route the app serves (every method,
 with and without ``/v1``, under ``root_path``), and a ``max_parallel: 1`` key's slot freed on
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
@@ -30,6 +33,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import openai
 import pytest
 import requests
 
@@ -261,7 +265,7 @@ def test_every_route_but_the_public_ones_needs_a_key() -> None:
         for path, methods in routes:
             if path in PUBLIC:
                 continue
-            target = path.replace("{file_id}", "file-1")
+            target = re.sub(r"\{[^}]+\}", "x", path)  # a file id, a model name
             heads = {"HEAD"} if "GET" in methods else set()
             for method in sorted(methods | heads):
                 for prefix in ("", "/llm"):
@@ -485,3 +489,31 @@ def test_tpm_is_charged_what_each_api_reported(
             after = requests.post(f"{url}/v1/chat/completions", data=probe, headers=AUTH, timeout=9)
             reserved = len(probe) // 4 + 1  # the probe's own reservation
             assert int(after.headers["x-ratelimit-remaining-tokens"]) == tpm - charged - reserved
+
+
+# --- the model list --------------------------------------------------------------------------
+
+
+def test_models_are_listed_and_retrieved_with_or_without_v1() -> None:
+    """openai-python's ``models.list()`` and ``models.retrieve()``, with either base URL: only
+    what the key may use; another model (or none) is a 404 ``model_not_found``."""
+    config = Settings(
+        upstreams={"echo": {"type": "echo"}},
+        models={"echo": {"upstream": "echo"}, "org/other": {"upstream": "echo"}},
+        keys=[{"name": "k", "key": KEY, "models": ["echo"]}, {"name": "all", "key": KEY[::-1]}],
+    )
+    with run_server(create_app(config)) as url:
+        for base in (f"{url}/v1", url):
+            client = openai.OpenAI(base_url=base, api_key=KEY, max_retries=0)
+            assert [model.id for model in client.models.list()] == ["echo"]
+            assert client.models.retrieve("echo").id == "echo"
+            for hidden in ("org/other", "nope"):
+                with pytest.raises(openai.NotFoundError) as refused:
+                    client.models.retrieve(hidden)
+                assert refused.value.code == "model_not_found"
+            every = openai.OpenAI(base_url=base, api_key=KEY[::-1], max_retries=0)
+            assert every.models.retrieve("org/other").owned_by == "echo"
+            with pytest.raises(openai.AuthenticationError):
+                openai.OpenAI(base_url=base, api_key="wrong", max_retries=0).models.list()
+            client.close()
+            every.close()
