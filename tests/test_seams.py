@@ -12,6 +12,7 @@ and Responses, over real sockets: each test was written to fail on the code befo
 - embeddings and token counts, which generate nothing, reserved the 1024 answer tokens of a
   request without ``max_tokens`` (which embeddings cannot send): a key with ``tpm: 3000`` got
   429s on its third concurrent small embedding;
+- a path with an encoded line break wrote a forged line into the text access log;
 - openai-python with a base URL without ``/v1`` (served for every API) got 404 for
   ``models.list()``, and ``models.retrieve()`` was a 404 for every model;
 
@@ -38,6 +39,7 @@ import pytest
 import requests
 
 from proxy import Settings, create_app
+from proxy.observability.logs import JSONFormatter, TextFormatter
 from tests.anthropic_fakes import frame, native_events, native_message
 from tests.fake_upstream import Handler, Recorded, Reply, serve_fake
 from tests.helpers import echo_settings, eventually, run_server, upstream_settings
@@ -517,3 +519,21 @@ def test_models_are_listed_and_retrieved_with_or_without_v1() -> None:
                 openai.OpenAI(base_url=base, api_key="wrong", max_retries=0).models.list()
             client.close()
             every.close()
+
+
+# --- the access log --------------------------------------------------------------------------
+
+
+def test_a_path_cannot_forge_a_line_of_the_text_access_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="proxy.access")
+    forged = "2026-01-01 00:00:00 INFO proxy.access: key=admin status=200"
+    with run_server(create_app(echo_settings())) as url:
+        status, _ = raw_request(url, "GET", "/v1/x%0d%0a" + forged.replace(" ", "%20"))
+        assert status == 404
+    (record,) = [r for r in caplog.records if r.name == "proxy.access"]
+    line = TextFormatter().format(record)
+    assert "\n" not in line and "\r" not in line, line
+    assert 'path="/v1/x\\r\\n2026-01-01' in line  # escaped, quoted: one field
+    assert json.loads(JSONFormatter().format(record))["path"].startswith("/v1/x\r\n")
