@@ -12,6 +12,10 @@ and Responses, over real sockets: each test was written to fail on the code befo
 - embeddings and token counts, which generate nothing, reserved the 1024 answer tokens of a
   request without ``max_tokens`` (which embeddings cannot send): a key with ``tpm: 3000`` got
   429s on its third concurrent small embedding;
+- JSON nested deeper than orjson writes (255 levels; it reads 1,024), from a client (a Messages
+  tool input, a token count's tools, a Responses request to the echo model) or from an upstream
+  (a chat answer or chunk), was a 500 with a traceback; and a token count's ``tools`` that is
+  not an array (a number) too;
 - a path with an encoded line break wrote a forged line into the text access log;
 - openai-python with a base URL without ``/v1`` (served for every API) got 404 for
   ``models.list()``, and ``models.retrieve()`` was a 404 for every model;
@@ -537,3 +541,78 @@ def test_a_path_cannot_forge_a_line_of_the_text_access_log(
     assert "\n" not in line and "\r" not in line, line
     assert 'path="/v1/x\\r\\n2026-01-01' in line  # escaped, quoted: one field
     assert json.loads(JSONFormatter().format(record))["path"].startswith("/v1/x\r\n")
+
+
+# --- JSON nested deeper than orjson writes ---------------------------------------------------
+
+DEEP = "[" * 300 + "]" * 300  # orjson reads it (up to 1,024 levels), cannot write it (254)
+
+
+def deep_requests() -> list[tuple[str, str]]:
+    user = '{"role": "user", "content": "hi"}'
+    tool_use = '{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", '
+    tool_use += '"input": {"a": ' + DEEP + "}}]}"
+    result = '{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t"}]}'
+    history = f"[{user}, {tool_use}, {result}]"
+    return [
+        ("/v1/messages", '{"model": "echo", "max_tokens": 5, "messages": ' + history + "}"),
+        (
+            "/v1/messages",
+            '{"model": "echo", "stream": true, "max_tokens": 5, "messages": ' + history + "}",
+        ),
+        ("/v1/messages/count_tokens", '{"model": "echo", "messages": ' + history + "}"),
+        (
+            "/v1/messages/count_tokens",
+            '{"model": "echo", "messages": [' + user + '], "tools": [{"a": ' + DEEP + "}]}",
+        ),
+        (
+            "/v1/responses",
+            '{"model": "echo", "input": "hi", "tools": [{"type": "function", "name": "f", '
+            '"parameters": {"a": ' + DEEP + "}}]}",
+        ),
+        (
+            "/v1/chat/completions",
+            '{"model": "echo", "messages": [' + user + '], "x": ' + DEEP + "}",
+        ),
+    ]
+
+
+def test_a_client_body_nested_too_deep_to_write_is_a_400() -> None:
+    with run_server(create_app(echo_settings())) as url:
+        for path, body in deep_requests():
+            answer = requests.post(f"{url}{path}", data=body, timeout=10)
+            assert answer.status_code == 400, (path, answer.text)
+            assert "nested" in answer.text, answer.text
+        count = {"model": "echo", "messages": [{"role": "user", "content": "hi"}], "tools": 1.5}
+        answer = requests.post(f"{url}/v1/messages/count_tokens", json=count, timeout=10)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["type"] == "invalid_request_error"
+        assert requests.post(f"{url}/v1/chat/completions", json={**CHAT, "model": "echo"}).ok
+
+
+def test_an_upstream_answer_nested_too_deep_to_write_is_an_upstream_error() -> None:
+    chunk = '{"id": "u", "object": "chat.completion.chunk", "created": 1, "model": "x", '
+    chunk += '"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": null}], '
+    chunk += '"x": ' + DEEP + "}"
+    answer = '{"id": "u", "object": "chat.completion", "created": 1, "model": "x", "choices": '
+    answer += '[{"index": 0, "message": {"role": "assistant", "content": "hi"}, '
+    answer += '"finish_reason": "stop"}], "x": ' + DEEP + "}"
+
+    async def deep(request: Recorded, reply: Reply) -> None:
+        if request.json().get("stream"):
+            await reply.start()
+            await reply.send(b"data: " + chunk.encode() + b"\n\n")
+            await reply.end()
+        else:
+            await reply.json(200, answer.encode())
+
+    with (
+        serve_fake(deep) as fake,
+        run_server(create_app(upstream_settings(fake.url, routing={"retries": 0}))) as url,
+    ):
+        for stream in (False, True):
+            got = requests.post(
+                f"{url}/v1/chat/completions", json={**CHAT, "stream": stream}, timeout=10
+            )
+            assert got.status_code == 502, got.text
+            assert got.json()["error"]["code"] == "upstream_malformed"

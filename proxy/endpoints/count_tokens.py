@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from proxy.asgi import Receive, Scope, Send, send_json
 from proxy.endpoints.base import Endpoint, refuse, with_headers
 from proxy.endpoints.messages import anthropic_headers, reaches_native, validate_messages
+from proxy.endpoints.validate import optional
 from proxy.errors import ProxyError, UpstreamMalformed
 from proxy.formats.anthropic import count_tokens
 from proxy.formats.anthropic.native import without_unsigned_thinking
@@ -54,6 +55,7 @@ class CountTokens(Endpoint):
 
     def parse(self, body: dict[str, Any], request_id: str) -> Call:
         validate_messages(body)
+        optional(body, "tools", list)  # counted one by one: a number here was a 500
         return Call(api=API, body=body, model=body["model"], stream=False, request_id=request_id)
 
     def prepare(self, call: Call, plan: Plan, scope: Scope) -> None:
