@@ -22,6 +22,15 @@ SSE_HEADERS = [
 ]
 
 
+def header_value(value: str) -> bytes:
+    """A response header's value as bytes. Values copied from an upstream (``Retry-After``, a
+    download's ``Content-Disposition``) may hold bytes that are not UTF-8, which aiohttp
+    decodes as lone surrogates: a strict encode raised, and a hostile upstream turned its answer
+    into our 500. ``surrogateescape`` gives back the bytes as they came (its parser has already
+    refused CR and LF in a value)."""
+    return value.encode("utf-8", "surrogateescape")
+
+
 def header(scope: Scope, name: bytes) -> bytes | None:
     """The first value of request header ``name`` (lower-case bytes), or None."""
     for key, value in scope["headers"]:
@@ -36,7 +45,7 @@ async def send_json(
     """A complete JSON response in one body message."""
     raw = list(JSON_HEADERS)
     if headers:
-        raw.extend((k.lower().encode(), v.encode()) for k, v in headers.items())
+        raw.extend((k.lower().encode(), header_value(v)) for k, v in headers.items())
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 

@@ -18,7 +18,8 @@ request's deadline and the shutdown, the access record and the metrics.
   completed write, as for streams (the watchdog's ping is empty here: nothing is added to the
   body).
 - A JSON answer's usage (a transcription's tokens) is read from its first 1 MiB for the access
-  log and the limits; the body itself is passed on untouched.
+  log and the limits; the body itself is passed on untouched. A file's content, its object
+  or its list is not an answer: whatever fields it has are not read as usage.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from proxy.asgi import Send
+from proxy.asgi import Send, header_value
 from proxy.errors import ProxyError
 from proxy.formats.transfer import chat_usage
 from proxy.observability.access import Access
@@ -65,7 +66,11 @@ class Passthrough(Relay):
         try:
             opened = await _open(call, plan, api)
             access.answered(opened[0])
-            await _write(opened[1], served_headers(plan, opened[0]), send, watchdog, access)
+            served = served_headers(plan, opened[0])
+            # Only an answer carries usage (a transcription's JSON); a file's content is data,
+            # whatever fields it has: read as usage, a download was charged to the key's tpm.
+            answer = call.api != "files"
+            await _write(opened[1], served, send, watchdog, access, answer)
         except ProxyError as error:  # no attempt was answered: the last error, as HTTP
             access.end(error.outcome, error.kind)
             await send_last(send, watchdog, api.error_body(error), error.status, error.headers)
@@ -103,19 +108,26 @@ async def _open(call: Call, plan: Plan, api: Format) -> tuple[Attempt, Reply]:
 
 
 async def _write(
-    reply: Reply, served: dict[str, str], send: Send, watchdog: Watchdog, access: Access
+    reply: Reply,
+    served: dict[str, str],
+    send: Send,
+    watchdog: Watchdog,
+    access: Access,
+    answer: bool = True,
 ) -> None:
     """The answer as it came; see the module docstring for a body that breaks."""
     if reply.raw is None:  # an upstream that answered a dict (none today): as JSON
         body = orjson.dumps(reply.completion)
-        access.count_tokens(chat_usage((reply.completion or {}).get("usage")))
+        if answer:
+            access.count_tokens(chat_usage((reply.completion or {}).get("usage")))
         await send_last(send, watchdog, body, 200, served)
         return
     raw = reply.raw
-    headers = [(name.encode(), value.encode()) for name, value in {**raw.headers, **served}.items()]
+    passed = {**raw.headers, **served}.items()
+    headers = [(name.encode(), header_value(value)) for name, value in passed]
     watchdog.start_keepalive()  # from here a client that stops reading is dropped
     await send({"type": "http.response.start", "status": raw.status, "headers": headers})
-    usage = _UsageTap(raw.headers.get("content-type", ""))
+    usage = _UsageTap(raw.headers.get("content-type", "") if answer else "")  # "": keeps none
     try:
         async for data in raw.chunks:
             usage.feed(data)

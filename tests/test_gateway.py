@@ -24,9 +24,11 @@ from tests.helpers import (
     StripHeader,
     assert_true_streaming,
     echo_settings,
+    eventually,
     free_port,
     openai_arrivals,
     run_server,
+    upstream_settings,
 )
 from tests.test_streaming import BODY, TEXT, content_of
 
@@ -224,3 +226,56 @@ def test_request_id_logged(caplog: pytest.LogCaptureFixture) -> None:
         "/v1/chat/completions",
         200,
     )
+
+
+# --- uploads through the shipped nginx config ------------------------------------------------
+
+MiB = 1024 * 1024
+BUFFERED_UPLOADS = CONFIGS["example"].replace("proxy_request_buffering off;", "")
+
+
+def upload_through(site: str, tmp: Path, size: int) -> tuple[int, bool, int]:
+    """Upload a ``size``-byte file (model first) through nginx running ``site``: the status,
+    whether the upstream got bytes while the client was still holding back the last 1 MiB,
+    and how many file bytes it got in all."""
+    from tests.test_forms import form
+    from tests.upload_upstream import serve_uploads
+
+    body = form(("model", None, None, b"m"), ("file", "a.bin", None, b"\x01" * size))
+    head, tail = body[: -MiB - 64], body[-MiB - 64 :]
+    early: list[bool] = []
+    with (
+        serve_uploads() as fake,
+        run_server(create_app(upstream_settings(fake.url))) as url,
+        nginx_in_front(site, url, tmp) as gateway,
+    ):
+
+        def pieces() -> Iterator[bytes]:
+            for start in range(0, len(head), MiB):
+                yield head[start : start + MiB]
+            early.append(eventually(lambda: bool(fake.seen) and fake.seen[0].received > 0, 3))
+            yield tail
+
+        response = requests.post(
+            f"{gateway}/v1/audio/transcriptions",
+            data=pieces(),
+            headers={"content-type": "multipart/form-data; boundary=xYzZy"},
+            timeout=60,
+        )
+        received = fake.seen[0].part("file").size if fake.seen else 0
+    return response.status_code, early[0], received
+
+
+def test_uploads_stream_through_the_shipped_nginx_config(tmp_path: Path) -> None:
+    """30 MiB (over the 20 MiB of other requests) passes, and the upstream gets the upload
+    while the client is still sending it: nginx does not store it first."""
+    status, early, received = upload_through(CONFIGS["example"], tmp_path, 30 * MiB)
+    assert status == 200
+    assert early, "nginx held the upload back until it was whole"
+    assert received == 30 * MiB
+
+
+def test_negative_control_nginx_buffering_uploads_holds_them_back(tmp_path: Path) -> None:
+    status, early, received = upload_through(BUFFERED_UPLOADS, tmp_path, 8 * MiB)
+    assert status == 200 and received == 8 * MiB
+    assert not early  # the same check fails against a gateway that buffers request bodies

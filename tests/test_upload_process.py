@@ -1,7 +1,8 @@
 """Uploads through the proxy running as its own process (``python -m proxy``), as deployed:
 a few hundred MB streamed through at a memory cost that does not depend on the file's size,
-in either order of the form (model first: streamed; file first: spooled to disk), and an
-upload abandoned halfway (the upstream request aborted, the spool gone)."""
+in either order of the form (model first: streamed; file first: spooled to disk), a form of
+tens of thousands of text fields and file parts at the same cost, and an upload abandoned
+halfway (the upstream request aborted, the spool gone)."""
 
 from __future__ import annotations
 
@@ -89,8 +90,8 @@ def spool_files(pid: int) -> int:
 def config(tmp_path: Path, url: str) -> Path:
     path = tmp_path / "proxy.yaml"
     path.write_text(
-        f"upstreams:\n  up: {{type: openai, base_url: '{url}'}}\n"
-        "models:\n  m: {upstream: up, model: whisper-up}\n"
+        f"upstreams:\n  up: {{type: openai, base_url: '{url}'}}\n  echo: {{type: echo}}\n"
+        "models:\n  m: {upstream: up, model: whisper-up}\n  echo: {upstream: echo}\n"
         "routing: {retries: 0}\n"
     )
     return path
@@ -153,3 +154,55 @@ def test_an_upload_abandoned_halfway_in_a_real_process(tmp_path: Path, model_fir
                 assert fake.seen == []
             assert upload(url, MiB, True) == 200  # and it goes on serving
         assert "Traceback" not in log.read_text()
+
+
+def many_parts(model: str, count: int, size: int, *, files: bool) -> Iterator[bytes]:
+    """A form of ``count`` parts of ``size`` bytes each (text fields with distinct names, or
+    file parts), then the model and the file."""
+    for index in range(0, count, 64):
+        block = b""
+        for name in range(index, min(count, index + 64)):
+            filename = f'; filename="f{name}.txt"' if files else ""
+            block += (
+                (
+                    f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="f{name}"{filename}\r\n\r\n'
+                ).encode()
+                + b"v" * size
+                + b"\r\n"
+            )
+        yield block
+    yield f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'.encode()
+    yield (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n\r\n'
+        f"the file\r\n--{BOUNDARY}--\r\n"
+    ).encode()
+
+
+def test_a_form_of_many_parts_costs_no_more_memory_than_a_file(tmp_path: Path) -> None:
+    """Text fields were each kept (4 KiB of every one, for the logs), and the echo model kept
+    1 MiB of every file part: a form of 25,000 fields, or of 100 files, grew the process by its
+    size. Now each is streamed on like a file's bytes."""
+    with serve_uploads(UploadUpstream(record=False)) as fake:
+        port = free_port()
+        args = [sys.executable, "-m", "proxy", "--config", str(config(tmp_path, fake.url))]
+        with proxy_process([*args, "--port", str(port)], tmp_path, port=port) as (proc, url, _):
+            port = int(url.rsplit(":", 1)[1])
+            headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+            def send(model: str, count: int, size: int, files: bool) -> http.client.HTTPResponse:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                form = many_parts(model, count, size, files=files)
+                connection.request("POST", "/v1/audio/transcriptions", form, headers)
+                response = connection.getresponse()
+                response.read()
+                connection.close()
+                return response
+
+            for model in ("m", "echo"):  # warm up every path once
+                assert send(model, 10, 10, files=False).status == 200
+            baseline, _ = rss_mib(proc.pid)
+            assert send("m", 25_000, 4096, files=False).status == 200  # 100 MiB of fields
+            assert send("echo", 25_000, 4096, files=False).status == 200
+            assert send("echo", 100, MiB, files=True).status == 200  # 100 files of 1 MiB
+            _, peak = rss_mib(proc.pid)
+            assert peak < baseline + 40, (baseline, peak)

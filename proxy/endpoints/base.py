@@ -53,6 +53,13 @@ class Endpoint:
         """What an endpoint checks or adds once the route is known, before anything is
         counted against the key (raise ``InvalidRequest``: not admitted, not counted)."""
 
+    def reserve(self, body_size: int, call: Call) -> int:
+        """The tokens to reserve against the key's ``tpm`` until the answer's real figure is
+        known: the request's own and its answer's (``services.reservation``). An endpoint
+        whose answer generates no tokens says so (embeddings, token counts): reserving 1024
+        for an answer that never comes turned their concurrent requests into 429s."""
+        return reservation(body_size, call.max_tokens)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         access: Access = scope["state"]["access"]  # made by the AccessLog middleware
         try:
@@ -92,7 +99,7 @@ class Endpoint:
         call = self.parse(parse_json(body), request_id)
         plan = services.router.plan(call.model)
         self.prepare(call, plan, scope)
-        tokens = reservation(len(body), call.max_tokens)
+        tokens = self.reserve(len(body), call)
         return call, plan, await services.admit(key, call.model, tokens, access)
 
 

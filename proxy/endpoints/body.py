@@ -10,6 +10,7 @@ import orjson
 from proxy.asgi import Message, Receive
 from proxy.endpoints.validate import type_name
 from proxy.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
+from proxy.jsondepth import TOO_DEEP, writable
 
 
 async def read_body(
@@ -79,5 +80,10 @@ def parse_json(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidRequest(
             f"The request body must be a JSON object, not {type_name(data)}.", code="invalid_json"
+        )
+    if not writable(body, data):  # it could be read, not written on (``proxy.jsondepth``)
+        raise InvalidRequest(
+            f"The request body is {TOO_DEEP}.",
+            code="invalid_json",
         )
     return data

@@ -20,8 +20,9 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from proxy.asgi import Receive, Scope, Send, send_json
-from proxy.endpoints.base import Endpoint, with_headers
+from proxy.endpoints.base import Endpoint, refuse, with_headers
 from proxy.endpoints.messages import anthropic_headers, reaches_native, validate_messages
+from proxy.endpoints.validate import optional
 from proxy.errors import ProxyError, UpstreamMalformed
 from proxy.formats.anthropic import count_tokens
 from proxy.formats.anthropic.native import without_unsigned_thinking
@@ -54,18 +55,23 @@ class CountTokens(Endpoint):
 
     def parse(self, body: dict[str, Any], request_id: str) -> Call:
         validate_messages(body)
+        optional(body, "tools", list)  # counted one by one: a number here was a 500
         return Call(api=API, body=body, model=body["model"], stream=False, request_id=request_id)
 
     def prepare(self, call: Call, plan: Plan, scope: Scope) -> None:
         call.headers = anthropic_headers(scope)
 
+    def reserve(self, body_size: int, call: Call) -> int:
+        """Nothing (the limiter keeps its minimum of one): a count generates no tokens and is
+        charged none (its ticket is released), so it must not crowd out what does."""
+        return 0
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         access: Access = scope["state"]["access"]
         try:
             call, plan, ticket = await self.accept(scope, receive, access)
-        except ProxyError as error:
-            access.end(error.outcome, error.kind)
-            await send_json(send, error.status, self.format.error_body(error), error.headers)
+        except ProxyError as error:  # as every endpoint refuses: a 429 is marked ``limited``
+            await refuse(send, self.format, error, access)
             return
         try:  # a count generates no tokens: the request counts, its reservation is refunded
             access.model, access.stream = call.model, False

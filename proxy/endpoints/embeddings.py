@@ -36,3 +36,8 @@ class Embeddings(Endpoint):
             )
         positive(body, "dimensions")
         return Call("embeddings", body, body["model"], stream=False, request_id=request_id)
+
+    def reserve(self, body_size: int, call: Call) -> int:
+        """The input's share only: an embedding generates no tokens (and its request has no
+        ``max_tokens`` to bound them with)."""
+        return body_size // 4

@@ -110,7 +110,10 @@ def _path(scope: Scope) -> str:
     file_id = scope.get("path_params", {}).get("file_id")
     if file_id is None:
         return ""
-    if not file_id or len(file_id) > MAX_ID:
+    # "." and ".." are dot segments, which the upstream URL resolves (quote leaves dots alone):
+    # /files/.. would reach <base_url>/ and /files/../content <base_url>/content, with the
+    # proxy's upstream key. No file id is one.
+    if not file_id or len(file_id) > MAX_ID or file_id in (".", ".."):
         raise InvalidRequest("Invalid file id.", param="file_id", code="invalid_value")
     path = "/" + quote(file_id, safe="")
     # The router matched /files/{file_id}/content, or /files/{file_id} with an id "content".

@@ -23,6 +23,7 @@ import orjson
 
 from proxy.errors import InvalidRequest, ProxyError, UpstreamMalformed, UpstreamTruncated
 from proxy.formats.openai_shape import OpenAIShape
+from proxy.jsondepth import TOO_DEEP, writable
 from proxy.sse import MAX_EVENT, encode_event
 from proxy.upstreams.base import Call, Reply, Route
 from proxy.upstreams.transfer import RawBody
@@ -154,6 +155,9 @@ async def _as_events(reply: Reply) -> AsyncGenerator[dict[str, Any], None]:
 
 def _json(body: bytes) -> Any:
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise UpstreamMalformed("The upstream answered invalid JSON.") from exc
+    if not writable(body, value):  # read, but not writable on (``proxy.jsondepth``)
+        raise UpstreamMalformed(f"The upstream answered JSON {TOO_DEEP}.")
+    return value

@@ -19,6 +19,11 @@ from python_multipart.multipart import MultipartParser, MultipartState, parse_op
 
 from proxy.errors import InvalidRequest
 
+# A part's headers, bounded here rather than trusting each python-multipart version to: a part
+# is a name, a file name and a content type, never kilobytes of headers.
+MAX_HEADER_BYTES = 16 * 1024  # one header line (name + value)
+MAX_HEADERS = 32  # header lines in one part
+
 
 @dataclass(frozen=True, slots=True)
 class PartStart:
@@ -68,11 +73,12 @@ class FormParser:
         self._field = bytearray()
         self._value = bytearray()
         self._headers: dict[bytes, bytes] = {}
+        self._lines = 0  # header lines of the current part
         try:
             self._parser = MultipartParser(
                 boundary,
                 {
-                    "on_part_begin": self._headers.clear,
+                    "on_part_begin": self._on_part_begin,
                     "on_header_field": self._on_field,
                     "on_header_value": self._on_value,
                     "on_header_end": self._on_header_end,
@@ -99,13 +105,26 @@ class FormParser:
         if self._parser.state != MultipartState.END:
             raise _malformed("the body ended before its closing boundary")
 
+    def _on_part_begin(self) -> None:
+        self._headers.clear()
+        self._lines = 0
+
     def _on_field(self, data: bytes, start: int, end: int) -> None:
         self._field += data[start:end]
+        self._bound()
 
     def _on_value(self, data: bytes, start: int, end: int) -> None:
         self._value += data[start:end]
+        self._bound()
+
+    def _bound(self) -> None:
+        if len(self._field) + len(self._value) > MAX_HEADER_BYTES:
+            raise _malformed(f"a part header is longer than {MAX_HEADER_BYTES} bytes")
 
     def _on_header_end(self) -> None:
+        self._lines += 1
+        if self._lines > MAX_HEADERS:
+            raise _malformed(f"a part has more than {MAX_HEADERS} headers")
         self._headers[bytes(self._field).strip().lower()] = bytes(self._value).strip()
         self._field.clear()
         self._value.clear()

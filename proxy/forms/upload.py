@@ -22,11 +22,13 @@ always for a small upload, until the first byte read live otherwise. After that 
 bytes are gone, so a failure is final (README "Uploads": the retry policy).
 
 **Form rules.** Fields are collected as they pass (a value's first ``FIELD_VALUE`` bytes), for
-routing (``model``), the answer's shape (``stream``) and the logs. ``stream`` is decided when
-sending begins: a ``stream`` arriving later (after a large file) that says otherwise is a 400,
-as is a second ``model``, a missing required part (``file``), or malformed multipart. Every
-failure is kept in ``failure`` (the HTTP layer sees the body fail only as a broken
-connection) and ends the reading, so the watchdog may listen for disconnects.
+routing (``model``), the answer's shape (``stream``) and the logs: ``model`` and ``stream``
+always, other fields and the parts' names only the first ``MAX_KEPT`` (a form of 100,000 text
+fields is streamed on like a file, not kept: every field kept grew the process by its size).
+``stream`` is decided when sending begins: a ``stream`` arriving later (after a large file)
+that says otherwise is a 400, as is a second ``model``, a missing required part (``file``), or
+malformed multipart. Every failure is kept in ``failure`` (the HTTP layer sees the body fail
+only as a broken connection) and ends the reading, so the watchdog may listen for disconnects.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from proxy.forms.spool import Spool
 
 HOLD = 1024 * 1024  # bytes held before sending begins (once the model is known)
 FIELD_VALUE = 4096  # bytes of a field's value kept to read it
+MAX_KEPT = 64  # fields (besides model and stream) and parts whose names are kept, for the logs
+ROUTING = frozenset({"model", "stream"})  # the fields always kept
 TRUE = frozenset({"true", "1", "yes", "on"})  # "stream" values that mean yes (requests: "True")
 
 
@@ -64,8 +68,9 @@ class Upload:
         self._required = required
         self.boundary = new_boundary()
         self.content_type = content_type(self.boundary)
-        self.fields: dict[str, str] = {}  # text fields (first value of each name)
-        self.seen: list[PartStart] = []  # every part, in order
+        self.fields: dict[str, str] = {}  # text fields (first value of each name; MAX_KEPT)
+        self.seen: list[PartStart] = []  # the parts, in order (the first MAX_KEPT)
+        self._present: set[str] = set()  # which of the required parts and model have come
         self.stream = False  # the form asked for a streamed answer (decided when sending)
         self.complete = False  # the client's body has ended: everything is held
         self.live = False  # a byte read live has gone to an attempt: no attempt can be repeated
@@ -176,17 +181,22 @@ class Upload:
         return self._routed and part.name == "model"
 
     def _start(self, part: PartStart) -> None:
-        if part.name == "model" and any(seen.name == "model" for seen in self.seen):
+        if part.name == "model" and "model" in self._present:
             raise InvalidRequest("The form has more than one 'model' field.", param="model")
         self._part = part
         self._value.clear()
-        self.seen.append(part)
+        if part.name == "model" or part.name in self._required:
+            self._present.add(part.name)
+        if len(self.seen) < MAX_KEPT:
+            self.seen.append(part)
 
     def _end(self, part: PartStart) -> None:
         value = self._value.decode("utf-8", "replace")
         if part.name == "model" and len(self._value) > FIELD_VALUE:
             raise InvalidRequest("The 'model' field is too long.", param="model")
-        if part.filename is None or part.name == "model":
+        if (part.filename is None or part.name == "model") and (
+            part.name in ROUTING or len(self.fields) < MAX_KEPT
+        ):
             self.fields.setdefault(part.name, value)
         late = part.name == "stream" and self._sending
         if late and (value.strip().lower() in TRUE) != self.stream:
@@ -201,9 +211,8 @@ class Upload:
         """The body ended: it must be complete and have every required part."""
         self._parser.finish()
         self.complete = True
-        names = {part.name for part in self.seen}
         for name in self._required:
-            if name not in names:
+            if name not in self._present:
                 raise InvalidRequest(
                     f"Missing required parameter: '{name}'.",
                     param=name,

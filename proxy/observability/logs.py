@@ -49,7 +49,11 @@ def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     text = str(value)
-    return f'"{text}"' if " " in text else text
+    if text.isprintable() and " " not in text and '"' not in text:
+        return text
+    # Quoted with JSON's escapes: a client's path may hold a line break or a quote, which
+    # written as is would forge a line (or a field) of the log.
+    return orjson.dumps(text).decode()
 
 
 def setup_logging(level: str, log_format: str) -> None:

@@ -27,6 +27,7 @@ import orjson
 from proxy import errors
 from proxy.errors import ProxyError
 from proxy.idle import IdleTimer
+from proxy.jsondepth import TOO_DEEP, writable
 from proxy.secrets import Scrubber
 from proxy.settings import HTTPUpstream
 from proxy.sse import MAX_EVENT, Event, EventTooLarge, SSEDecoder
@@ -146,11 +147,14 @@ class HTTPClient:
 
     def json(self, raw: bytes) -> Any:
         try:
-            return orjson.loads(raw)
+            value = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise errors.UpstreamMalformed(
                 f"The upstream '{self.name}' answered invalid JSON."
             ) from exc
+        if not writable(raw, value):  # read, but not writable on (``proxy.jsondepth``)
+            raise errors.UpstreamMalformed(f"The upstream '{self.name}' answered JSON {TOO_DEEP}.")
+        return value
 
     async def _status_error(self, response: WireResponse) -> ProxyError:
         raw = b""

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from proxy.errors import InvalidRequest, UpstreamMalformed, UpstreamStreamError
+from proxy.jsondepth import TOO_DEEP, writable
 from proxy.secrets import Scrubber
 from proxy.settings import HTTPUpstream
 from proxy.sse import Event
@@ -122,6 +123,8 @@ class OpenAICompatible:
             raise UpstreamMalformed(
                 f"The upstream '{self.name}' sent malformed JSON in the stream."
             ) from exc
+        if not writable(data, payload):  # read, but not writable on (``proxy.jsondepth``)
+            raise UpstreamMalformed(f"The upstream '{self.name}' sent an event {TOO_DEEP}.")
         if event.event == "error" and isinstance(payload, dict) and "error" not in payload:
             payload = {"error": payload}  # llama.cpp's legacy "error:" field, "event: error"
         error = failures.payload_error(payload)

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from proxy.errors import UpstreamMalformed
+from proxy.jsondepth import TOO_DEEP, writable
 from proxy.secrets import Scrubber
 from proxy.sse import Event
 from proxy.upstreams import failures
@@ -48,6 +49,8 @@ def responses_event(event: Event, upstream: str, scrubber: Scrubber) -> Any:
         ) from exc
     if not isinstance(payload, dict):
         raise UpstreamMalformed(f"The upstream '{upstream}' sent an event that is not an object.")
+    if not writable(data, payload):  # read, but not writable on (``proxy.jsondepth``)
+        raise UpstreamMalformed(f"The upstream '{upstream}' sent an event {TOO_DEEP}.")
     if "type" not in payload:
         payload = _typed(payload, event.event, upstream)
     if payload["type"] == "error":

@@ -21,6 +21,7 @@ import orjson
 
 from proxy.errors import UpstreamMalformed, UpstreamTruncated
 from proxy.formats.anthropic.response import THINKING_SIGNATURE
+from proxy.jsondepth import TOO_DEEP, writable
 
 Body = dict[str, Any]
 
@@ -170,12 +171,15 @@ class MessageAccumulator:
         block = self._block(index)
         fragments = self.json.pop(index, None)
         if fragments is not None and "".join(fragments).strip():
+            raw = "".join(fragments).encode()
             try:
-                block["input"] = orjson.loads("".join(fragments))
+                block["input"] = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
                 raise UpstreamMalformed(
                     "The upstream streamed a tool input that is not JSON."
                 ) from exc
+            if not writable(raw, block["input"]):  # ``proxy.jsondepth``
+                raise UpstreamMalformed(f"The upstream streamed a tool input {TOO_DEEP}.")
 
     def result(self) -> Body:
         """The message; raises ``UpstreamMalformed`` unless the stream was complete."""

@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 
 from proxy.formats.chunks import estimate_tokens
+from proxy.jsondepth import writable
 
 Body = dict[str, Any]
 
@@ -112,7 +113,9 @@ def tool_input(arguments: Any) -> Body:
         value = orjson.loads(arguments)
     except orjson.JSONDecodeError:
         return {"_raw": arguments}
-    return value if isinstance(value, dict) else {"_raw": arguments}
+    # Arguments nested too deep to write back (``proxy.jsondepth``) go on as the string.
+    usable = isinstance(value, dict) and writable(arguments.encode(), value)
+    return value if usable else {"_raw": arguments}
 
 
 def message_from_completion(

@@ -32,7 +32,8 @@ def count_tokens(body: dict[str, Any]) -> int:
         total += OVERHEAD_TOKENS
         if isinstance(message, dict):
             total += _content_tokens(message.get("content"))
-    for tool in body.get("tools") or ():
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
         total += OVERHEAD_TOKENS + estimate_tokens(orjson.dumps(tool).decode())
     return total
 

@@ -35,14 +35,18 @@ async def audio(config: EchoUpstream, call: Call, route: Route) -> Reply:
     form = call.transfer.form if call.transfer is not None else None
     if form is None:
         raise InvalidRequest("The echo model's audio API takes a multipart upload.")
-    files: list[Text] = []
+    upload: Text | None = None
 
     def keep(part: PartStart) -> Text:
-        files.append(Text(part))
-        return files[-1]
+        # Only the first ``file`` is transcribed: any other file part is counted, not kept
+        # (keeping 1 MiB of each let a form of many files grow the process by its size).
+        nonlocal upload
+        if part.name != "file" or upload is not None:
+            return Text(part, limit=0)
+        upload = Text(part)
+        return upload
 
     fields = await read_form(form, route.upstream_model, keep)
-    upload = next((text for text in files if text.part.name == "file"), None)
     text = transcript(upload) if upload is not None else ""
     pieces = split_pieces(text, config.chunk)
     usage = {

@@ -2,9 +2,9 @@
 proxy sends (parsed again with the same streaming parser, so every echo test also checks the
 proxy's encoding), one part at a time as it arrives.
 
-Text fields (a value's first 4 KiB) are collected; the bytes of each file part go to the
-``Sink`` that ``sink_for`` gives for it (one that keeps a bounded prefix, or the file store),
-never gathered here.
+Text fields (a value's first 4 KiB; the first ``MAX_KEPT`` names, as the proxy keeps them) are
+collected; the bytes of each file part go to the ``Sink`` that ``sink_for`` gives for it (one
+that keeps a bounded prefix, or the file store), never gathered here.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from proxy.forms import PART_END, FormParser, PartStart, boundary_of
+from proxy.forms.upload import MAX_KEPT
 from proxy.upstreams.transfer import Form
 
 FIELD_VALUE = 4096
@@ -61,7 +62,7 @@ async def read_form(
             elif event is PART_END:
                 if sink is not None:
                     sink.close()
-                elif part is not None:
+                elif part is not None and len(fields) < MAX_KEPT:
                     fields.setdefault(part.name, value[:FIELD_VALUE].decode("utf-8", "replace"))
                 sink = part = None
             elif isinstance(event, bytes):
