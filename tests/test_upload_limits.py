@@ -595,6 +595,8 @@ def test_a_shutdown_mid_upload_ends_it_with_503_and_frees_the_spool() -> None:
             client.send(FILE_HEAD.replace(b'"file"', b'"more"') + b"\x02" * MiB, chunked=True)
             assert eventually(lambda: bool(drain._active))  # the request, tracked
             assert spool_descriptors() == before + 1
+            # The upstream request under way (the model part went through admission first).
+            assert eventually(lambda: bool(fake.seen))
             watchdog = next(iter(drain._active))
             watchdog._loop.call_soon_threadsafe(drain.expire)  # the grace is over, now
             status, body = client.response()
