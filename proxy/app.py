@@ -171,9 +171,12 @@ def _add_error_handlers(app: FastAPI) -> None:
 def create_app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` (used with several workers): settings from env. Each
     worker is a new process: its logging is set up here, as ``serve`` did for the parent."""
+    from proxy.heap import freeze_startup
     from proxy.observability.logs import setup_logging
     from proxy.settings import load_settings
 
     settings = load_settings()
     setup_logging(settings.log_level, settings.log_format)
-    return create_app(settings)
+    app = create_app(settings)
+    freeze_startup()
+    return app

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from types import FrameType
 
+from proxy.heap import freeze_startup
 from proxy.observability.logs import setup_logging
 from proxy.settings import ENV_PREFIX, ConfigError, Settings, load_settings
 from proxy.tools.probe import CLIENTS, DEFAULT_CLIENT, INSTALL_HINT
@@ -144,7 +145,9 @@ def serve(settings: Settings) -> None:
     if settings.workers == 1:
         from proxy.app import create_app
 
-        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+        app = create_app(settings)
+        freeze_startup()
+        uvicorn.run(app, **common)  # type: ignore[arg-type]
         return
     # Each worker process builds its own app from the environment: pass the flags on.
     for key, value in (
