@@ -13,18 +13,30 @@ the Limiter's heartbeat to ``renew`` the slots of the grants still running.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from proxy.limits.errors import Reason
 from proxy.limits.policy import KeyLimits
 
 
-def new_id() -> str:
-    """A request id unique across processes and machines (64 random bits)."""
-    return os.urandom(8).hex()
+class Ids:
+    """Grant ids unique across the processes and machines sharing a backend: 64 random bits
+    drawn once (each Limiter draws its own, and every process builds its own app), then a
+    counter. Eight fresh random bytes per request cost a system call each time: 2% of a
+    request's CPU in the bench."""
+
+    __slots__ = ("_count", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex() + "-"
+        self._count = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._count):x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +47,7 @@ class Grant:
     key: str
     limits: KeyLimits
     tokens: int
-    id: str = field(default_factory=new_id)
+    id: str
 
 
 @dataclass(frozen=True, slots=True)

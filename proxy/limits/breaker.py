@@ -15,8 +15,8 @@ follows the same states.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from types import TracebackType
 from typing import Literal
 
 from proxy.limits.errors import BackendUnavailable, BreakerOpen
@@ -46,27 +46,13 @@ class Breaker:
             return 0.0
         return max(0.0, self._opened_at + self.cooldown - self._clock())
 
-    @contextmanager
-    def guard(self) -> Iterator[None]:
-        """Run the body if the breaker lets it; record how it went.
+    def guard(self) -> Guard:
+        """A context for one call: runs the body if the breaker lets it, records how it went.
 
         Raises ``BreakerOpen`` at once when open (or when another call is probing).
         A probe that ends otherwise (cancelled with its request) gives its turn back.
         """
-        probe = self._enter()
-        try:
-            yield
-        except BackendUnavailable:
-            self._opened_at = self._clock()
-            self._probing = False
-            raise
-        except BaseException:
-            if probe:
-                self._probing = False
-            raise
-        if probe:  # a straggler's success, begun before a failure, proves nothing
-            self._opened_at = None
-            self._probing = False
+        return Guard(self)
 
     def _enter(self) -> bool:
         """True if this call is the probe; raises if the call may not go at all."""
@@ -78,3 +64,33 @@ class Breaker:
             )
         self._probing = True
         return True
+
+
+class Guard:
+    """One call through a ``Breaker`` (a class, not a generator: it runs twice per request)."""
+
+    __slots__ = ("_breaker", "_probe")
+
+    def __init__(self, breaker: Breaker) -> None:
+        self._breaker = breaker
+        self._probe = False
+
+    def __enter__(self) -> None:
+        self._probe = self._breaker._enter()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        breaker = self._breaker
+        if kind is not None and issubclass(kind, BackendUnavailable):
+            breaker._opened_at = breaker._clock()
+            breaker._probing = False
+        elif self._probe:
+            # failed otherwise: the probe's turn is given back; succeeded: closed again (a
+            # straggler's success, begun before a failure, is no probe and proves nothing)
+            breaker._probing = False
+            if kind is None:
+                breaker._opened_at = None

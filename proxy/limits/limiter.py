@@ -25,7 +25,7 @@ import logging
 from collections.abc import Sequence
 from typing import Literal
 
-from proxy.limits.backend import Backend, Decision, Grant
+from proxy.limits.backend import Backend, Decision, Grant, Ids
 from proxy.limits.breaker import Breaker, State
 from proxy.limits.errors import BackendUnavailable, BreakerOpen, LimitsUnavailable, RateLimited
 from proxy.limits.headers import duration, ratelimit_headers, retry_after
@@ -95,6 +95,7 @@ class Limiter:
         self.on_backend_error = on_backend_error
         self.breaker = breaker if breaker is not None else Breaker()
         self.misses = 0  # admissions let through unchecked (allow, backend down)
+        self._ids = Ids()
         lease = self.backend.lease
         self._heartbeat = Heartbeat(self._renew, lease / 3) if lease else None
 
@@ -109,7 +110,7 @@ class Limiter:
         ``LimitsUnavailable``."""
         if limits.unlimited:
             return Ticket(key, {})
-        grant = Grant(key, limits, limits.reservation(tokens))
+        grant = Grant(key, limits, limits.reservation(tokens), self._ids())
         try:
             with self.breaker.guard():
                 decision = await self.backend.admit(grant)

@@ -168,6 +168,7 @@ class Metrics:
         )
 
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._limits_shown: tuple[str, int] | None = None  # what the two gauges above show
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: ``labels()`` takes a lock and converts values."""
@@ -193,6 +194,10 @@ class Metrics:
         return self.child(self.chunk_gap, *labels), in_flight
 
     def limits_state(self, state: str, misses: int) -> None:
+        # Called on every admission; the gauges change only when the backend does.
+        if self._limits_shown == (state, misses):
+            return
+        self._limits_shown = (state, misses)
         for name in ("closed", "open", "half_open"):
             self.child(self.limits_backend, name).set(1 if state == name else 0)
         self.limits_misses.set(misses)
