@@ -23,7 +23,9 @@ def writable(raw: bytes, value: Any) -> bool:
     """Can ``value``, parsed from ``raw``, be written back as JSON? Ordinary JSON is told at
     memory speed (too few brackets to be that deep); only JSON with more than
     ``WRITABLE_DEPTH`` brackets is written once to find out."""
-    if raw.count(b"[") + raw.count(b"{") <= WRITABLE_DEPTH:
+    # Parsed JSON that deep has that many closing brackets too: a short text cannot be (most
+    # stream chunks are shorter, and this runs on every one of them).
+    if len(raw) <= 2 * WRITABLE_DEPTH or raw.count(b"[") + raw.count(b"{") <= WRITABLE_DEPTH:
         return True
     try:
         orjson.dumps(value)

@@ -6,9 +6,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from proxy import create_app
+from proxy.jsondepth import writable
 from tests.helpers import echo_settings, run_server
 
 OK_MESSAGES = [{"role": "user", "content": "hi"}]
@@ -289,3 +291,24 @@ def test_request_id_returned_and_accepted(url: str) -> None:
     assert len(made.headers["x-request-id"]) == 32
     bad = httpx.get(f"{url}/healthz", headers={"X-Request-ID": "x" * 500})
     assert bad.headers["x-request-id"] != "x" * 500
+
+
+def _nested(depth: int, padding: int = 0) -> bytes:
+    return b"[" * depth + b" " * padding + b"]" * depth
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (_nested(254), True),  # the deepest orjson writes
+        (_nested(255), False),  # 510 bytes: just past the length that cannot be that deep
+        (_nested(255, padding=10_000), False),
+        (b'{"a":' * 300 + b"1" + b"}" * 300, False),
+        (b"[" + b"[1]," * 1_000 + b"[1]]", True),  # many brackets, shallow
+        (b'{"content":"' + b"[" * 600 + b'"}', True),  # brackets inside a string
+    ],
+)
+def test_writable_tells_json_too_deep_for_orjson(raw: bytes, expected: bool) -> None:
+    """The depth check before anything parsed is written again (``proxy.jsondepth``), with its
+    shortcut for short texts and for texts with few brackets."""
+    assert writable(raw, orjson.loads(raw)) is expected
