@@ -14,19 +14,28 @@ from typing import Any
 
 import orjson
 
-# A value nested deeper than this cannot be written: it has more opening brackets than this.
+# orjson writes at most this many levels ("Recursion limit reached" past it).
 WRITABLE_DEPTH = 254
-TOO_DEEP = f"nested more than {WRITABLE_DEPTH} levels deep"  # for the error messages
+# Levels a translation may add around what it parsed: a Messages tool input is written 3 deep in
+# its message (message, content, block), a Responses function's parameters one deeper in chat's
+# tools than in the Responses request. Checking the value alone let such JSON through, and the
+# write after the translation failed (a 500).
+MARGIN = 16
+# What is accepted where JSON is parsed: deeper is refused there.
+ACCEPTED_DEPTH = WRITABLE_DEPTH - MARGIN
+TOO_DEEP = f"nested more than {ACCEPTED_DEPTH} levels deep"  # for the error messages
 
 
 def writable(raw: bytes, value: Any) -> bool:
-    """Can ``value``, parsed from ``raw``, be written back as JSON? Ordinary JSON is told at
-    memory speed (too few brackets to be that deep); only JSON with more than
-    ``WRITABLE_DEPTH`` brackets is written once to find out."""
-    # Parsed JSON that deep has that many closing brackets too: a short text cannot be (most
-    # stream chunks are shorter, and this runs on every one of them).
-    if len(raw) <= 2 * WRITABLE_DEPTH or raw.count(b"[") + raw.count(b"{") <= WRITABLE_DEPTH:
+    """Can ``value``, parsed from ``raw``, be written back as JSON, even ``MARGIN`` levels deep
+    inside something else? Ordinary JSON is told at memory speed: a short text or one with few
+    brackets cannot be that deep (parsed JSON that deep has that many closing brackets too, so
+    it is longer than twice the depth; most stream chunks are shorter, and this runs on every
+    one). Only JSON with more brackets than ``ACCEPTED_DEPTH`` is written once to find out."""
+    if len(raw) <= 2 * ACCEPTED_DEPTH or raw.count(b"[") + raw.count(b"{") <= ACCEPTED_DEPTH:
         return True
+    for _ in range(MARGIN):
+        value = [value]
     try:
         orjson.dumps(value)
     except orjson.JSONEncodeError:

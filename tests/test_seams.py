@@ -590,6 +590,36 @@ def test_a_client_body_nested_too_deep_to_write_is_a_400() -> None:
         assert requests.post(f"{url}/v1/chat/completions", json={**CHAT, "model": "echo"}).ok
 
 
+def test_json_that_a_translation_writes_deeper_is_judged_where_it_will_be_written() -> None:
+    """orjson writes 254 levels; a value of 254 could be written alone, not 3 deep in a Messages
+    answer's tool_use block (it was a 500), nor one deeper in chat's tools: it is refused where
+    it is parsed, or passed on as a string where the API allows it."""
+    arguments = '{"a": ' + "[" * 253 + "]" * 253 + "}"  # 254 levels
+
+    async def tool_call(request: Recorded, reply: Reply) -> None:
+        call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        body = {"id": "u", "object": "chat.completion", "created": 1, "model": "x",
+                "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]}  # fmt: skip
+        await reply.json(200, json.dumps(body).encode())
+
+    messages = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    with (
+        serve_fake(tool_call) as fake,
+        run_server(create_app(upstream_settings(fake.url, routing={"retries": 0}))) as url,
+    ):
+        got = requests.post(f"{url}/v1/messages", json=messages, timeout=10)
+        assert got.status_code == 200, got.text
+        [block] = got.json()["content"]
+        assert block["type"] == "tool_use" and block["input"] == {"_raw": arguments}
+    deep = "[" * 240 + "]" * 240
+    responses = '{"model": "echo", "input": "hi", "tools": [{"type": "function", "name": "f", '
+    responses += '"parameters": {"a": ' + deep + "}}]}"
+    with run_server(create_app(echo_settings())) as url:
+        got = requests.post(f"{url}/v1/responses", data=responses, timeout=10)
+        assert got.status_code == 400 and "nested more than 238" in got.text, got.text
+
+
 def test_an_upstream_answer_nested_too_deep_to_write_is_an_upstream_error() -> None:
     chunk = '{"id": "u", "object": "chat.completion.chunk", "created": 1, "model": "x", '
     chunk += '"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": null}], '
