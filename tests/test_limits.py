@@ -34,6 +34,7 @@ from proxy.limits import (
     RedisBackend,
     Ticket,
 )
+from proxy.limits.backend import Ids
 from proxy.limits.headers import duration, retry_after
 from tests.redis_server import RedisServer, running_redis
 
@@ -562,3 +563,23 @@ def test_cost_of_1000_admissions(make_backend: MakeBackend, request: pytest.Fixt
         f"{rate:,.0f} admissions/s (1000 concurrent)"
     )
     assert p50 < 0.05
+
+
+def test_grant_ids_are_unique_per_process_even_after_a_fork() -> None:
+    """Ids are a per-process random prefix and a counter: a child forked after the limiter was
+    built must not hand out the parent's next ids (they name entries shared in Redis)."""
+    ids = Ids()
+    first, second = ids(), ids()
+    assert first != second and first.split("-")[0] == second.split("-")[0]
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: write its next id and leave at once
+        os.write(writer, ids().encode())
+        os._exit(0)
+    os.close(writer)
+    child = os.read(reader, 100).decode()
+    os.waitpid(pid, 0)
+    os.close(reader)
+    parent = ids()
+    assert child.split("-")[0] != parent.split("-")[0], (child, parent)
+    assert len({first, second, child, parent}) == 4
