@@ -45,7 +45,9 @@ class Ids:
         return f"{self._prefix}{next(self._count):x}"
 
 
-@dataclass(frozen=True, slots=True)
+# Grant and Decision are made on every admission: read-only by convention, not frozen (a frozen
+# dataclass's __init__ sets each field through object.__setattr__, five times the cost).
+@dataclass(slots=True)
 class Grant:
     """One admission asked for: the key's name (never its secret), its limits, the tokens
     reserved up front, and an id that names its entries in the backend."""
@@ -56,7 +58,7 @@ class Grant:
     id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     """A backend's answer; counts include the grant when it was admitted.
 

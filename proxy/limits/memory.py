@@ -65,7 +65,9 @@ class MemoryBackend:
 
     async def admit(self, grant: Grant) -> Decision:
         now = self._clock()
-        log = self._logs.setdefault(grant.key, _Log())
+        log = self._logs.get(grant.key)
+        if log is None:
+            log = self._logs[grant.key] = _Log()
         log.trim(now - self.window)
         refused = self._refusal(log, grant)
         if refused is None:
