@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from proxy.asgi import Message, Receive, Scope, Send, header, send_json
+from proxy.asgi import Receive, Scope, Send, header, send_json
 from proxy.endpoints.body import content_length, parse_json, read_body
 from proxy.errors import Outcome, ProxyError, RateLimited
 from proxy.limits import Ticket
@@ -69,7 +69,7 @@ class Endpoint:
             return
         try:
             deadline = self.services.router.deadline(call.model)
-            send = with_headers(send, ticket.headers) if ticket.headers else send
+            with_headers(access, ticket.headers)
             await self.services.relay.serve(
                 call, plan, deadline, self.format, receive, send, access
             )
@@ -103,16 +103,12 @@ class Endpoint:
         return call, plan, await services.admit(key, call.model, tokens, access)
 
 
-def with_headers(send: Send, headers: dict[str, str]) -> Send:
-    """``send`` adding ``headers`` to the response's start."""
-    extra = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
-
-    async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message["headers"] = [*message.get("headers", ()), *extra]
-        await send(message)
-
-    return sending
+def with_headers(access: Access, headers: dict[str, str]) -> None:
+    """Add ``headers`` to the response's start (the AccessLog middleware writes them)."""
+    if headers:
+        access.headers = [
+            (name.lower().encode(), value.encode()) for name, value in headers.items()
+        ]
 
 
 async def refuse(send: Send, api: Format, error: ProxyError, access: Access) -> None:

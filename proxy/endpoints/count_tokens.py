@@ -78,7 +78,7 @@ class CountTokens(Endpoint):
             answer = await counted(call, plan, access)
         finally:
             await ticket.release()
-        send = with_headers(send, ticket.headers) if ticket.headers else send
+        with_headers(access, ticket.headers)
         await send_json(send, 200, orjson.dumps(answer))
 
 

@@ -124,7 +124,7 @@ class TransferEndpoint:
                 await refuse(send, self.format, error, access)
                 return
             try:
-                send = with_headers(send, ticket.headers) if ticket.headers else send
+                with_headers(access, ticket.headers)
                 await self.serve(prepared, send, access)
             finally:
                 await settle(ticket, access)

@@ -54,6 +54,9 @@ class Access:
     attempts: list[tuple[str, str]] = field(default_factory=list)  # (deployment, ok|kind)
     retries: int = 0
     fallbacks: list[str] = field(default_factory=list)
+    # More response headers (a limited key's x-ratelimit-*), added to the response's start by
+    # the AccessLog middleware with x-request-id: no send wrapper of its own on every chunk.
+    headers: list[tuple[bytes, bytes]] | None = None
 
     def answered(self, attempt: Attempt) -> None:
         self.upstream = attempt.route.upstream_name
@@ -144,7 +147,7 @@ class AccessLog:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), pair]
+                message["headers"] = [*message.get("headers", ()), pair, *(access.headers or ())]
                 access.status = message["status"]
             await send(message)
 
