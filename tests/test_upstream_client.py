@@ -6,19 +6,22 @@ servers, TLS."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
+import httpx
 import pytest
 import trustme
 
 from proxy.errors import ProxyError
 from proxy.secrets import Scrubber
 from proxy.settings import HTTPUpstream, Pool
-from proxy.upstreams.http import HTTPClient
+from proxy.upstreams.http import HTTPClient, _stale
 from proxy.upstreams.wire import AiohttpWire
 from tests.fake_upstream import Recorded, Reply, serve_fake
 from tests.helpers import free_port
@@ -274,3 +277,35 @@ def test_tls() -> None:
             return body
 
     assert run(go()) == b"secure"
+
+
+def _caused(exc: BaseException, cause: BaseException) -> BaseException:
+    exc.__cause__ = cause
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "stale"),
+    [
+        (aiohttp.ServerDisconnectedError(), True),
+        (aiohttp.ClientOSError(errno.ECONNRESET, "reset"), True),
+        (aiohttp.ClientOSError(errno.EPIPE, "broken pipe"), True),
+        # aiohttp's body write on a transport the upstream was closing: no errno, the cause says
+        (
+            _caused(
+                aiohttp.ClientOSError(None, "Can not write request body for http://u/v1"),
+                aiohttp.ClientConnectionResetError("Cannot write to closing transport"),
+            ),
+            True,
+        ),
+        (aiohttp.ClientOSError(None, "Can not write request body for http://u/v1"), False),
+        (aiohttp.ClientOSError(errno.ECONNREFUSED, "refused"), False),
+        (aiohttp.ClientPayloadError("bad"), False),
+        (httpx.RemoteProtocolError("Server disconnected without sending a response."), True),
+        (httpx.RemoteProtocolError("illegal status line"), False),
+    ],
+)
+def test_which_failures_are_the_stale_keepalive_race(exc: Exception, stale: bool) -> None:
+    """Failures before any byte of answer, on a connection the upstream closed as it was reused,
+    are sent once more; others are the upstream's."""
+    assert _stale(exc) is stale

@@ -252,7 +252,12 @@ def _stale(exc: Exception) -> bool:
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return True
     if isinstance(exc, aiohttp.ClientOSError):
-        return exc.errno in (errno.ECONNRESET, errno.EPIPE)
+        # "Can not write request body" has no errno of its own: the transport was already
+        # closing under the write (the upstream closed it), which its cause says.
+        cause = exc.__cause__
+        return exc.errno in (errno.ECONNRESET, errno.EPIPE) or isinstance(
+            cause, ConnectionResetError | BrokenPipeError
+        )
     if isinstance(exc, httpx.RemoteProtocolError):
         return "without sending" in str(exc)
     return isinstance(exc, httpx.ReadError | httpx.WriteError)
