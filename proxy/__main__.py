@@ -4,4 +4,5 @@ import sys
 
 from proxy.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing the module (a tool walking the package) serves nothing
+    sys.exit(main())
