@@ -178,11 +178,19 @@ async def _read_request(reader: asyncio.StreamReader) -> Recorded | None:
 @contextmanager
 def serve_fake(handler: Handler) -> Iterator[FakeUpstream]:
     fake = FakeUpstream(handler)
+    with serving_in_thread(fake, fake._connection):
+        yield fake
+
+
+@contextmanager
+def serving_in_thread(fake: Any, connection: Any) -> Iterator[None]:
+    """Serve ``connection`` (an asyncio ``start_server`` callback) on 127.0.0.1 in a thread of
+    its own; sets ``fake.url`` (ending in /v1) and ``fake.loop``; stops on exit."""
     ready = threading.Event()
     stop: list[asyncio.Event] = []
 
     async def main() -> None:
-        server = await asyncio.start_server(fake._connection, "127.0.0.1", 0)
+        server = await asyncio.start_server(connection, "127.0.0.1", 0)
         fake.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
         fake.loop = asyncio.get_running_loop()
         stop.append(asyncio.Event())
@@ -194,9 +202,8 @@ def serve_fake(handler: Handler) -> Iterator[FakeUpstream]:
     thread.start()
     assert ready.wait(10)
     try:
-        yield fake
+        yield
     finally:
-        assert fake.loop is not None
         fake.loop.call_soon_threadsafe(stop[0].set)
         thread.join(10)
 

@@ -27,6 +27,8 @@ from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from tests.fake_upstream import serving_in_thread
+
 KEEP = 1024 * 1024  # bodies up to this many bytes are also kept whole
 
 
@@ -272,27 +274,8 @@ async def _write(writer: asyncio.StreamWriter, answer: Answer) -> None:
 def serve_uploads(upstream: UploadUpstream | None = None) -> Iterator[UploadUpstream]:
     """``upstream`` (a default one if None) on 127.0.0.1, in a thread; ``.url`` ends in /v1."""
     fake = upstream or UploadUpstream()
-    ready = threading.Event()
-    stop: list[asyncio.Event] = []
-
-    async def main() -> None:
-        server = await asyncio.start_server(fake.connection, "127.0.0.1", 0)
-        fake.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
-        fake.loop = asyncio.get_running_loop()
-        stop.append(asyncio.Event())
-        ready.set()
-        async with server:
-            await stop[0].wait()
-
-    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
+    with serving_in_thread(fake, fake.connection):
         yield fake
-    finally:
-        assert fake.loop is not None
-        fake.loop.call_soon_threadsafe(stop[0].set)
-        thread.join(10)
 
 
 def main() -> None:

@@ -23,11 +23,10 @@ each read bounded by ``timeouts.idle``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from proxy.errors import ProxyError, Retry, UpstreamTimeout
-from proxy.idle import IdleTimer
 from proxy.sse import Event
 from proxy.upstreams.base import Call, Reply, Route
 from proxy.upstreams.http import HTTPClient
@@ -59,7 +58,7 @@ async def forward(
     kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
     if call.stream and kind == "text/event-stream":
         return Reply(chunks=client.events(response, parse), closers=[response.aclose])
-    chunks = raw_chunks(client, response)
+    chunks = client.chunks(response)
     passed = {name: response.headers[name] for name in PASSED_HEADERS if name in response.headers}
     raw = RawBody(response.status, passed, chunks)
     return Reply(raw=raw, closers=[response.aclose, chunks.aclose])
@@ -143,15 +142,3 @@ def _final(error: ProxyError, form: Form) -> ProxyError:
     if not form.replayable and error.retry is not Retry.NEVER:
         error.retry = Retry.NEVER
     return error
-
-
-async def raw_chunks(client: HTTPClient, response: WireResponse) -> AsyncGenerator[bytes, None]:
-    """The body's bytes as they arrive, each wait bounded by ``timeouts.idle``."""
-    with client.errors("idle"), IdleTimer(client.timeouts.idle) as timer:
-        while True:
-            timer.wait()
-            data = await response.read()
-            timer.done()
-            if not data:
-                return
-            yield data
