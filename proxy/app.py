@@ -23,7 +23,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
+from proxy.asgi import APP_SEND
 from proxy.endpoints import ENDPOINTS, TRANSFERS, Endpoint, TransferEndpoint
 from proxy.endpoints.service import service_routes
 from proxy.errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError
@@ -31,6 +33,14 @@ from proxy.middleware import RootPath, TrustedProxies
 from proxy.observability.access import AccessLog
 from proxy.services import Services
 from proxy.settings import Settings
+
+
+class ProxyApp(FastAPI):
+    """FastAPI, noting in each scope the ``send`` it was called with (``asgi.body_sender``)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[APP_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
@@ -53,7 +63,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             services.drain.remove_signal_hooks()
             await services.aclose()
 
-    app = FastAPI(
+    app = ProxyApp(
         title="chat-stream-proxy",
         lifespan=lifespan,
         middleware=_middleware(settings, services),
@@ -77,6 +87,13 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     app.openapi = lambda: _openapi(app, endpoints, transfers)  # type: ignore[method-assign]
     _add_error_handlers(app)
     return app
+
+
+# Middleware that look at a response's start alone and pass its body on untouched: a stream's
+# body skips them (``proxy.asgi.body_sender``). FastAPI's own (error handling, exit stacks) are
+# such too; tests/test_body_send.py walks the built stack and fails on any other, which would
+# have to be added here only if it leaves bodies alone (a GZip middleware may not).
+START_ONLY: frozenset[type] = frozenset({TrustedProxies, AccessLog, RootPath, CORSMiddleware})
 
 
 def _middleware(settings: Settings, services: Services) -> list[Middleware]:

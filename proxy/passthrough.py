@@ -128,10 +128,11 @@ async def _write(
     watchdog.start_keepalive()  # from here a client that stops reading is dropped
     await send({"type": "http.response.start", "status": raw.status, "headers": headers})
     usage = _UsageTap(raw.headers.get("content-type", "") if answer else "")  # "": keeps none
+    write = watchdog.body_send
     try:
         async for data in raw.chunks:
             usage.feed(data)
-            await send({"type": "http.response.body", "body": data, "more_body": True})
+            await write({"type": "http.response.body", "body": data, "more_body": True})
             watchdog.wrote()
     except ProxyError as error:
         access.end(error.outcome, error.kind)

@@ -170,10 +170,14 @@ class Relay:
         receive: Receive,
         send: Send,
         access: Access,
+        body_send: Send | None = None,
     ) -> None:
+        """Answer ``call``; ``body_send`` writes the stream's body (``asgi.body_sender``)."""
         access.model, access.stream = call.model, call.stream
         ping = api.ping if self.pings else b""
-        watchdog = Watchdog(receive, send, self.keepalive, self.send_timeout, deadline, ping)
+        watchdog = Watchdog(
+            receive, send, self.keepalive, self.send_timeout, deadline, ping, body_send
+        )
         watchdog.start()
         self.drain.track(watchdog)
         try:
@@ -296,9 +300,10 @@ class Relay:
         if self.metrics is not None:
             gaps, in_flight = self.metrics.stream_started(access)
         last, count = 0.0, 0
+        body = watchdog.body_send
         try:
             for held in committed.held:  # written back to back: the commit's burst
-                await send({"type": "http.response.body", "body": held, "more_body": True})
+                await body({"type": "http.response.body", "body": held, "more_body": True})
                 now = watchdog.wrote()
                 if count and gaps is not None:
                     gaps.observe(now - last)
@@ -309,7 +314,7 @@ class Relay:
                 async for item in committed.items:
                     frames = stream.feed(item)
                     if frames is not None:
-                        await send(
+                        await body(
                             {"type": "http.response.body", "body": frames, "more_body": True}
                         )
                         now = watchdog.wrote()

@@ -56,6 +56,7 @@ class Watchdog:
         "_send_timeout",
         "_task",
         "_timer",
+        "body_send",
         "deadline_seconds",
         "final",
         "headers_sent",
@@ -71,10 +72,13 @@ class Watchdog:
         send_timeout: float | None = None,
         deadline: float | None = None,
         ping: bytes = PING,
+        body_send: Send | None = None,
     ) -> None:
         self._ping_message = {"type": "http.response.body", "body": ping, "more_body": True}
         self._receive = receive
         self._send = send
+        # What a stream's body chunks are written with (``proxy.asgi.body_sender``).
+        self.body_send = send if body_send is None else body_send
         self._keepalive = keepalive
         self._send_timeout = send_timeout
         self.deadline_seconds = deadline  # the request's bound, as configured

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from proxy.asgi import Receive, Scope, Send, header, send_json
+from proxy.asgi import Receive, Scope, Send, body_sender, header, send_json
 from proxy.endpoints.body import content_length, parse_json, read_body
 from proxy.errors import Outcome, ProxyError, RateLimited
 from proxy.limits import Ticket
@@ -71,7 +71,7 @@ class Endpoint:
             deadline = self.services.router.deadline(call.model)
             with_headers(access, ticket.headers)
             await self.services.relay.serve(
-                call, plan, deadline, self.format, receive, send, access
+                call, plan, deadline, self.format, receive, send, access, body_sender(scope, send)
             )
         finally:
             await settle(ticket, access)
