@@ -13,16 +13,14 @@ from proxy.limits.policy import KeyLimits
 
 
 def duration(seconds: float) -> str:
-    """``0.12`` -> ``120ms``, ``1.2`` -> ``1.2s``, ``360`` -> ``6m0s``, ``3725`` -> ``1h2m5s``.
-    Two per admitted request: whole milliseconds in integers, no float formatting."""
+    """``0.12`` -> ``120ms``, ``1.2`` -> ``1.2s``, ``360`` -> ``6m0s``, ``3725`` -> ``1h2m5s``."""
     if seconds <= 0:
         return "0s"
     if seconds < 1:
         return f"{max(1, round(seconds * 1000))}ms"
-    whole, millis = divmod(round(seconds * 1000), 1000)
-    minutes, secs = divmod(whole, 60)
-    hours, minutes = divmod(minutes, 60)
-    text = f"{secs}.{millis:03d}".rstrip("0") + "s" if millis else f"{secs}s"
+    whole_minutes, rest = divmod(round(seconds, 3), 60)
+    hours, minutes = divmod(int(whole_minutes), 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
     if hours:
         return f"{hours}h{minutes}m{text}"
     return f"{minutes}m{text}" if minutes else text
