@@ -44,8 +44,9 @@ def encode_comment(text: str = "") -> bytes:
 
 
 # Made for every event of every stream: read-only by convention, not frozen (a frozen
-# dataclass's __init__ sets each field through object.__setattr__, 2.5 times the cost).
-@dataclass(slots=True)
+# dataclass's __init__ sets each field through object.__setattr__, 2.5 times the cost); still
+# hashable by its fields, as it was.
+@dataclass(slots=True, unsafe_hash=True)
 class Event:
     """One dispatched SSE event. ``event`` is the ``event:`` field (``None`` if absent)."""
 
@@ -115,9 +116,10 @@ class SSEDecoder:
         if _CR not in buf:  # the common case: LF framing, split without a regex
             lines = buf.split(b"\n")
             self._buf = lines.pop()
-            self._grow(len(self._buf))
-            return self._lines(lines)
-        lines = []
+            events = self._lines(lines)
+            self._grow(len(self._buf))  # after the lines: an event they ended no longer counts
+            return events
+        events = []  # CR or CRLF framing (rare): line by line, as the ends are found
         start = 0
         size = len(buf)
         while True:
@@ -132,11 +134,11 @@ class SSEDecoder:
             else:  # "\r" is the last byte: the line is complete, its "\n" may follow
                 end, nxt = cr, cr + 1
                 self._skip_lf = True
-            lines.append(buf[start:end])
+            events.extend(self._lines([buf[start:end]]))
             start = nxt
         self._buf = buf[start:]
         self._grow(len(self._buf))
-        return self._lines(lines)
+        return events
 
     def _grow(self, size: int) -> None:
         if self._size + self._parts_size + size > self._max:

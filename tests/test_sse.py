@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from proxy.sse import DONE, PING, Event, SSEDecoder, encode_comment, encode_event
+from proxy.sse import DONE, PING, Event, EventTooLarge, SSEDecoder, encode_comment, encode_event
 
 
 @pytest.mark.parametrize(
@@ -121,3 +123,33 @@ def test_events_come_out_as_soon_as_complete() -> None:
     assert decoder.feed(b"data: a\n") == []
     assert _as_tuples(decoder.feed(b"\ndata: b")) == [(b"a", None)]
     assert _as_tuples(decoder.feed(b"\n\n")) == [(b"b", None)]
+
+
+# The event bound is checked once a read's lines are taken: an event they ended no longer
+# counts, and a line still open counts together with the event's data lines so far.
+@pytest.mark.parametrize(
+    ("max_event", "reads", "expected"),
+    [
+        (10, [b"data: 0123456789\n", b"\ndata: nex"], [(b"0123456789", None), (b"nex", None)]),
+        (10, [b"data: 01234567\ndat"], EventTooLarge),
+        (5, [b"data: 123456\r\ndata"], EventTooLarge),
+        (10, [b"data: 0123\r\n\r\ndata: 456789\r\n\r\n"], [(b"0123", None), (b"456789", None)]),
+    ],
+)
+def test_decoder_bound_after_the_reads_lines(
+    max_event: int, reads: list[bytes], expected: Any
+) -> None:
+    decoder = SSEDecoder(max_event)
+    if expected is EventTooLarge:
+        with pytest.raises(EventTooLarge):
+            for read in reads:
+                decoder.feed(read)
+        assert decoder.flush() == []  # nothing of the refused event comes out afterwards
+        return
+    events = [event for read in reads for event in decoder.feed(read)] + decoder.flush()
+    assert [(e.data, e.event) for e in events] == expected
+
+
+def test_events_are_hashable_values() -> None:
+    assert hash(Event(b"x", "e")) == hash(Event(b"x", "e"))
+    assert len({Event(b"x"), Event(b"x"), Event(b"y")}) == 2
