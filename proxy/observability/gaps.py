@@ -5,7 +5,7 @@ its sum and another for its bucket, on every call: 0.75 µs, about 5% of what th
 on a forwarded chunk. In one process nothing needs that: the relay observes from the event
 loop and ``/metrics`` is rendered on the same loop. So here each series is a list of bucket
 counts and a sum (a ``bisect`` and two additions: 0.15 µs), exposed through prometheus-client's
-public custom-collector API with the same name, help, labels and buckets.
+public custom-collector API with the same name, help, labels, buckets and ``_created``.
 
 With several workers (``PROMETHEUS_MULTIPROC_DIR``) the values must live in the files the
 workers share, which only prometheus-client's own ``Histogram`` writes: ``Metrics`` uses that
@@ -14,6 +14,7 @@ one instead (``Metrics.stream_started``).
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
@@ -25,12 +26,13 @@ class GapSeries:
     """One label set's buckets (not cumulative: ``counts[i]`` holds the values in
     ``(bounds[i-1], bounds[i]]``; the last one those above every bound) and sum."""
 
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("bounds", "counts", "created", "sum")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
+        self.created = time.time()  # the ``_created`` sample, as prometheus-client writes it
 
     def observe(self, value: float) -> None:
         # bisect_left: a value equal to a bound counts in that bound's bucket ("le").
@@ -69,6 +71,8 @@ class GapHistogram(Collector):
                 total += count
                 buckets.append((edge, float(total)))
             family.add_metric(list(values), buckets, series.sum)
+            labels = dict(zip(self.label_names, values, strict=True))
+            family.add_sample(f"{self.name}_created", labels, series.created)
         yield family
 
 
