@@ -83,3 +83,30 @@ def test_every_middleware_looks_only_at_the_start() -> None:
     ]
     assert not unknown, f"middleware that may change bodies (see proxy.app.START_ONLY): {unknown}"
     assert set(seen) >= START_ONLY  # all four are in this stack: the walk reached them
+
+
+def test_a_downloaded_files_body_skips_the_apps_middleware_too() -> None:
+    app = create_app(echo_settings())
+    inner: list[Counting] = []
+
+    def counting(wrapped: Any) -> Counting:
+        inner.append(Counting(wrapped))
+        return inner[0]
+
+    app.add_middleware(counting)  # type: ignore[arg-type]
+    outer = Counting(app)
+    content = bytes(range(256)) * 4096  # 1 MiB: passed on in several pieces
+    with run_server(outer) as url:  # type: ignore[arg-type]
+        uploaded = httpx.post(
+            f"{url}/v1/files",
+            files={"file": ("data.jsonl", content)},
+            data={"purpose": "batch"},
+            timeout=10,
+        )
+        assert uploaded.status_code == 200, uploaded.text
+        file_id = uploaded.json()["id"]
+        inner[0].bodies = outer.bodies = 0
+        downloaded = httpx.get(f"{url}/v1/files/{file_id}/content", timeout=10)
+    assert downloaded.status_code == 200 and downloaded.content == content
+    assert outer.bodies >= 3  # several pieces, each seen around the app
+    assert inner[0].bodies == 1  # inside it: only the last message

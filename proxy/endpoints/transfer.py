@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from proxy.asgi import Receive, Scope, Send
+from proxy.asgi import Receive, Scope, Send, body_sender
 from proxy.endpoints.base import refuse, settle, with_headers
 from proxy.errors import ProxyError
 from proxy.formats.transfer import TransferFormat
@@ -125,16 +125,25 @@ class TransferEndpoint:
                 return
             try:
                 with_headers(access, ticket.headers)
-                await self.serve(prepared, send, access)
+                await self.serve(prepared, send, access, body_sender(scope, send))
             finally:
                 await settle(ticket, access)
         finally:
             if prepared is not None and prepared.upload is not None:
                 await prepared.upload.aclose()
 
-    async def serve(self, prepared: Prepared, send: Send, access: Access) -> None:
+    async def serve(
+        self, prepared: Prepared, send: Send, access: Access, body_send: Send | None = None
+    ) -> None:
         call = prepared.call
         server = self.services.relay if call.stream else self.passthrough
         await server.serve(
-            call, prepared.plan, prepared.deadline, self.format, prepared.receive, send, access
+            call,
+            prepared.plan,
+            prepared.deadline,
+            self.format,
+            prepared.receive,
+            send,
+            access,
+            body_send,
         )
