@@ -264,7 +264,9 @@ from proxy.app import create_app
 from proxy.settings import Settings
 create_app(Settings())
 built = gc.get_freeze_count()
-uvicorn.run = lambda app, **options: print(built, gc.get_freeze_count(), type(app).__name__)
+from fastapi import FastAPI
+kind = lambda app: "FastAPI" if isinstance(app, FastAPI) else type(app).__name__  # ProxyApp too
+uvicorn.run = lambda app, **options: print(built, gc.get_freeze_count(), kind(app))
 from proxy.cli import main
 main(sys.argv[1:])
 """
