@@ -221,6 +221,12 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run: seconds, not minutes")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=3.0,
+        help="length of each timed window (longer: less noise when comparing two trees)",
+    )
     parser.add_argument("--big", type=int, default=10_000, help="concurrent streams in the big run")
     parser.add_argument(
         "--transport",
@@ -241,7 +247,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     quick = args.quick
-    seconds = 0.3 if quick else 3.0
+    seconds = 0.3 if quick else args.seconds
     levels = [1, 16] if quick or args.core else [1, 16, 64, 256]
     use_wrk = shutil.which("wrk") is not None
     up_port, proxy_port = free_port(), free_port()
