@@ -170,7 +170,7 @@ class Relay:
         receive: Receive,
         send: Send,
         access: Access,
-        body_send: Send | None = None,
+        body_send: Send,
     ) -> None:
         """Answer ``call``; ``body_send`` writes the stream's body (``asgi.body_sender``)."""
         access.model, access.stream = call.model, call.stream

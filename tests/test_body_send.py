@@ -40,16 +40,22 @@ def stream(url: str) -> bytes:
         return b"".join(response.iter_raw())
 
 
-def test_stream_body_skips_the_apps_middleware_not_what_wraps_the_app() -> None:
+def counted_app() -> tuple[Counting, list[Counting]]:
+    """The echo app wrapped in a Counting (outer), and with one as its innermost middleware
+    (built when the app first serves: the list holds it then)."""
     app = create_app(echo_settings())
     inner: list[Counting] = []
 
-    def counting(wrapped: Any) -> Counting:  # a middleware of the app, innermost
+    def counting(wrapped: Any) -> Counting:
         inner.append(Counting(wrapped))
         return inner[0]
 
     app.add_middleware(counting)  # type: ignore[arg-type]
-    outer = Counting(app)
+    return Counting(app), inner
+
+
+def test_stream_body_skips_the_apps_middleware_not_what_wraps_the_app() -> None:
+    outer, inner = counted_app()
     with run_server(outer) as url:  # type: ignore[arg-type]
         received = stream(url)
     events = received.count(b"data: ")
@@ -86,15 +92,7 @@ def test_every_middleware_looks_only_at_the_start() -> None:
 
 
 def test_a_downloaded_files_body_skips_the_apps_middleware_too() -> None:
-    app = create_app(echo_settings())
-    inner: list[Counting] = []
-
-    def counting(wrapped: Any) -> Counting:
-        inner.append(Counting(wrapped))
-        return inner[0]
-
-    app.add_middleware(counting)  # type: ignore[arg-type]
-    outer = Counting(app)
+    outer, inner = counted_app()
     content = bytes(range(256)) * 4096  # 1 MiB: passed on in several pieces
     with run_server(outer) as url:  # type: ignore[arg-type]
         uploaded = httpx.post(

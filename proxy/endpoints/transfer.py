@@ -132,9 +132,7 @@ class TransferEndpoint:
             if prepared is not None and prepared.upload is not None:
                 await prepared.upload.aclose()
 
-    async def serve(
-        self, prepared: Prepared, send: Send, access: Access, body_send: Send | None = None
-    ) -> None:
+    async def serve(self, prepared: Prepared, send: Send, access: Access, body_send: Send) -> None:
         call = prepared.call
         server = self.services.relay if call.stream else self.passthrough
         await server.serve(

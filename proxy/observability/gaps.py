@@ -50,6 +50,9 @@ class GapHistogram(Collector):
         self.documentation = documentation
         self.label_names = list(labels)
         self.bounds = tuple(float(bound) for bound in buckets)
+        # Each bucket's ``le`` as prometheus-client writes it for its own histograms (``0.001``,
+        # ``1.0``), so a dashboard sees the same series either way.
+        self.edges = [repr(bound) for bound in self.bounds] + ["+Inf"]
         self.series: dict[tuple[str, ...], GapSeries] = {}
 
     def labels(self, *values: str) -> GapSeries:
@@ -64,19 +67,12 @@ class GapHistogram(Collector):
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.label_names)
-        edges = [_le(bound) for bound in self.bounds] + ["+Inf"]
         for values, series in list(self.series.items()):
             total, buckets = 0, []
-            for edge, count in zip(edges, list(series.counts), strict=True):
+            for edge, count in zip(self.edges, list(series.counts), strict=True):
                 total += count
                 buckets.append((edge, float(total)))
             family.add_metric(list(values), buckets, series.sum)
             labels = dict(zip(self.label_names, values, strict=True))
             family.add_sample(f"{self.name}_created", labels, series.created)
         yield family
-
-
-def _le(bound: float) -> str:
-    """A bucket's ``le`` as prometheus-client writes it for its own histograms (``0.001``,
-    ``1.0``), so a dashboard sees the same series either way."""
-    return repr(float(bound))
