@@ -31,8 +31,8 @@ import asyncio
 import email.utils
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from proxy.errors import ModelUnavailable, ProxyError, Retry
 from proxy.routing.deployments import Deployment, choose
@@ -84,25 +84,50 @@ class Attempt:
 Hook = Callable[[str, str, str], None]  # (model, deployment, result) after each attempt
 
 
-@dataclass
 class Plan:
     """See the module docstring. One per request; ``Router.plan`` makes it."""
 
-    chain: list[Model]
-    context_chain: list[Model]
-    routing: Routing
-    rng: random.Random
-    on_attempt: Hook | None = None
-    attempts: list[tuple[str, str]] = field(default_factory=list)  # (deployment, "ok"|kind)
-    retries: int = 0
-    fallbacks: list[str] = field(default_factory=list)  # the models fallen back to
-    _index: int = 0
-    _in_model: int = 0
-    _tried: set[int] = field(default_factory=set)  # ids of deployments tried in this model
-    _not_before: dict[int, float] = field(default_factory=dict)
-    _excluded: set[int] = field(default_factory=set)
-    _last: ProxyError | None = None
-    _stop: ProxyError | None = None
+    __slots__ = (
+        "_excluded",
+        "_in_model",
+        "_index",
+        "_last",
+        "_not_before",
+        "_stop",
+        "_tried",
+        "attempts",
+        "chain",
+        "context_chain",
+        "fallbacks",
+        "on_attempt",
+        "retries",
+        "rng",
+        "routing",
+    )
+
+    def __init__(
+        self,
+        chain: Sequence[Model],
+        context_chain: Sequence[Model],
+        routing: Routing,
+        rng: random.Random,
+        on_attempt: Hook | None = None,
+    ) -> None:
+        self.chain = chain
+        self.context_chain = context_chain
+        self.routing = routing
+        self.rng = rng
+        self.on_attempt = on_attempt
+        self.attempts: list[tuple[str, str]] = []  # (deployment, "ok"|kind)
+        self.retries = 0
+        self.fallbacks: list[str] = []  # the models fallen back to
+        self._index = 0
+        self._in_model = 0
+        self._tried: set[int] = set()  # ids of deployments tried in this model
+        self._not_before: dict[int, float] = {}
+        self._excluded: set[int] = set()
+        self._last: ProxyError | None = None
+        self._stop: ProxyError | None = None
 
     def __aiter__(self) -> Plan:
         return self
@@ -170,7 +195,7 @@ class Plan:
             return
         deployment.breaker.released()
         if error.retry is Retry.CONTEXT and self.context_chain:
-            self.chain, self.context_chain = self.context_chain, []
+            self.chain, self.context_chain = self.context_chain, ()
             self._index, self._in_model = 0, 0
             self._tried.clear()
             self.fallbacks.append(self.chain[0].name)

@@ -36,6 +36,9 @@ class Router:
             name: self._model(name, config, settings, upstreams)
             for name, config in settings.models.items()
         }
+        # What every request to a model starts from, made once: its chain (the model, then its
+        # fallbacks), its context-window fallbacks, and its deadline.
+        self._routes = {name: self._route(model) for name, model in self.models.items()}
 
     def _model(
         self, name: str, config: Any, settings: Settings, upstreams: dict[str, Upstream]
@@ -71,28 +74,30 @@ class Router:
 
         return changed
 
+    def _route(self, first: Model) -> tuple[tuple[Model, ...], tuple[Model, ...], float | None]:
+        chain = (first, *(self.models[name] for name in first.fallbacks))
+        context = tuple(self.models[name] for name in first.context_fallbacks)
+        # The longest ``timeouts.total`` among every deployment a request may reach.
+        totals = [
+            d.route.deadline
+            for model in (*chain, *context)
+            for d in model.deployments
+            if d.route.deadline is not None
+        ]
+        return chain, context, max(totals) if totals else None
+
     def plan(self, model: str) -> Plan:
         """The attempts for a request to ``model``; raises ModelNotFound."""
-        first = self.models.get(model)
-        if first is None:
+        route = self._routes.get(model)
+        if route is None:
             raise ModelNotFound(
                 f"The model `{model}` does not exist or you do not have access to it.",
                 param="model",
             )
-        chain = [first, *(self.models[name] for name in first.fallbacks)]
-        context = [self.models[name] for name in first.context_fallbacks]
         hook = self.metrics.attempt if self.metrics is not None else None
-        return Plan(chain, context, self.routing, self.rng, on_attempt=hook)
+        return Plan(route[0], route[1], self.routing, self.rng, on_attempt=hook)
 
     def deadline(self, model: str) -> float | None:
         """The longest ``timeouts.total`` among every deployment a request to ``model`` may
         reach: the watchdog's bound for the whole request."""
-        first = self.models[model]
-        names = [model, *first.fallbacks, *first.context_fallbacks]
-        totals = [
-            d.route.deadline
-            for name in names
-            for d in self.models[name].deployments
-            if d.route.deadline is not None
-        ]
-        return max(totals) if totals else None
+        return self._routes[model][2]
