@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import errno
 from collections.abc import AsyncGenerator, Callable
-from contextlib import aclosing
 from typing import Any
 
 import aiohttp
@@ -111,20 +110,25 @@ class HTTPClient:
         """The whole body (a JSON answer), at most ``limit`` bytes."""
         parts: list[bytes] = []
         size = 0
-        async with aclosing(self.chunks(response)) as chunks:
-            async for data in chunks:
+        # Its own loop rather than ``chunks``: no generator to make and close per answer.
+        with self.errors("idle"), IdleTimer(self.timeouts.idle) as timer:
+            while True:
+                timer.wait()
+                data = await response.read()
+                timer.done()
+                if not data:
+                    return b"".join(parts)
                 size += len(data)
                 if size > limit:
                     raise errors.UpstreamMalformed(
                         f"The upstream '{self.name}' answered more than {limit} bytes."
                     )
                 parts.append(data)
-        return b"".join(parts)
 
     async def chunks(self, response: WireResponse) -> AsyncGenerator[bytes, None]:
         """The body's bytes as they arrive, each wait bounded by ``timeouts.idle`` (a body
-        passed on as it came, or read whole; ``events`` keeps its own loop: one generator
-        layer less on every chunk of a stream)."""
+        passed on as it came; ``read`` and ``events`` keep their own loops: one generator
+        layer less on every answer read whole and on every chunk of a stream)."""
         with self.errors("idle"), IdleTimer(self.timeouts.idle) as timer:
             while True:
                 timer.wait()
