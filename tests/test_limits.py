@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import random
 import statistics
 import time
 import uuid
@@ -103,6 +104,58 @@ def refusals(results: list[Any]) -> list[RateLimited]:
 )  # fmt: skip
 def test_duration_is_openais_format(seconds: float, text: str) -> None:
     assert duration(seconds) == text
+
+
+def _duration_general(seconds: float) -> str:
+    """``duration`` without its fast path for under a minute: the reference it must match."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{max(1, round(seconds * 1000))}ms"
+    whole_minutes, rest = divmod(round(seconds, 3), 60)
+    hours, minutes = divmod(int(whole_minutes), 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{hours}h{minutes}m{text}"
+    return f"{minutes}m{text}" if minutes else text
+
+
+def test_durations_under_a_minute_take_a_short_way_to_the_same_text() -> None:
+    rng = random.Random(7)
+    values = [rng.uniform(0.5, 121) for _ in range(20_000)]
+    values += [k / 2000 for k in range(1990, 2010)] + [k / 2000 for k in range(119_980, 120_020)]
+    assert [duration(v) for v in values] == [_duration_general(v) for v in values]
+
+
+def test_a_tickets_raw_headers_are_its_headers_encoded() -> None:
+    async def main() -> None:
+        lim = Limiter(MemoryBackend())
+        for n, limits in enumerate((KeyLimits(rpm=10, tpm=1000), KeyLimits(5), KeyLimits(tpm=70))):
+            ticket = await lim.admit(f"k{n}", limits, 100)
+            raw = ticket.raw_headers()
+            assert {n.decode(): v.decode() for n, v in raw} == ticket.headers
+            assert len(raw) == 3 * ((limits.rpm is not None) + (limits.tpm is not None))
+            await ticket.settle(10)
+        unlimited = await lim.admit("k", KeyLimits(), 100)
+        assert unlimited.raw_headers() == [] and unlimited.headers == {}
+
+    run(main())
+
+
+def test_the_memory_backend_is_called_without_the_breaker() -> None:
+    class Unusable(Breaker):
+        def guard(self) -> Any:
+            raise AssertionError("an in-process backend went through the breaker")
+
+    async def main() -> None:
+        lim = Limiter(MemoryBackend(), breaker=Unusable())
+        limits = KeyLimits(rpm=2, max_parallel=1)
+        ticket = await lim.admit("k", limits, 1)
+        await ticket.settle(3)
+        again = await lim.admit("k", limits, 1)  # the slot was freed by the settlement
+        assert again.headers["x-ratelimit-remaining-requests"] == "0"
+
+    run(main())
 
 
 def test_retry_after_is_whole_seconds_at_least_one() -> None:

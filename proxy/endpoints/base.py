@@ -69,7 +69,7 @@ class Endpoint:
             return
         try:
             deadline = self.services.router.deadline(call.model)
-            with_headers(access, ticket.headers)
+            with_headers(access, ticket)
             await self.services.relay.serve(
                 call, plan, deadline, self.format, receive, send, access, body_sender(scope, send)
             )
@@ -103,12 +103,12 @@ class Endpoint:
         return call, plan, await services.admit(key, call.model, tokens, access)
 
 
-def with_headers(access: Access, headers: dict[str, str]) -> None:
-    """Add ``headers`` to the response's start (the AccessLog middleware writes them)."""
+def with_headers(access: Access, ticket: Ticket) -> None:
+    """Add the ticket's headers to the response's start (the AccessLog middleware writes
+    them)."""
+    headers = ticket.raw_headers()
     if headers:
-        access.headers = [
-            (name.lower().encode(), value.encode()) for name, value in headers.items()
-        ]
+        access.headers = headers
 
 
 async def refuse(send: Send, api: Format, error: ProxyError, access: Access) -> None:

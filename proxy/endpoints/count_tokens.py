@@ -78,7 +78,7 @@ class CountTokens(Endpoint):
             answer = await counted(call, plan, access)
         finally:
             await ticket.release()
-        with_headers(access, ticket.headers)
+        with_headers(access, ticket)
         await send_json(send, 200, orjson.dumps(answer))
 
 

@@ -124,7 +124,7 @@ class TransferEndpoint:
                 await refuse(send, self.format, error, access)
                 return
             try:
-                with_headers(access, ticket.headers)
+                with_headers(access, ticket)
                 await self.serve(prepared, send, access, body_sender(scope, send))
             finally:
                 await settle(ticket, access)

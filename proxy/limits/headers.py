@@ -18,7 +18,10 @@ def duration(seconds: float) -> str:
         return "0s"
     if seconds < 1:
         return f"{max(1, round(seconds * 1000))}ms"
-    whole_minutes, rest = divmod(round(seconds, 3), 60)
+    rounded = round(seconds, 3)
+    if rounded < 60:  # the usual case (a window of 60 s): no minutes to split off
+        return f"{rounded:.3f}".rstrip("0").rstrip(".") + "s"
+    whole_minutes, rest = divmod(rounded, 60)
     hours, minutes = divmod(int(whole_minutes), 60)
     text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
     if hours:
@@ -37,13 +40,33 @@ def ratelimit_headers(limits: KeyLimits, decision: Decision) -> dict[str, str]:
     ``reset`` is when the oldest entry leaves the window (so ``remaining`` grows again); on a
     refusal it is when the refused request would fit.
     """
-    headers: dict[str, str] = {}
+    return {name.decode(): value.decode() for name, value in raw_headers(limits, decision)}
+
+
+_REQUESTS = (
+    b"x-ratelimit-limit-requests",
+    b"x-ratelimit-remaining-requests",
+    b"x-ratelimit-reset-requests",
+)
+_TOKENS = (
+    b"x-ratelimit-limit-tokens",
+    b"x-ratelimit-remaining-tokens",
+    b"x-ratelimit-reset-tokens",
+)
+
+
+def raw_headers(limits: KeyLimits, decision: Decision) -> list[tuple[bytes, bytes]]:
+    """``ratelimit_headers`` as the ASGI response start carries them (made on every admitted
+    request: its names encoded once, here)."""
+    headers: list[tuple[bytes, bytes]] = []
     if limits.rpm is not None:
-        headers["x-ratelimit-limit-requests"] = str(limits.rpm)
-        headers["x-ratelimit-remaining-requests"] = str(max(0, limits.rpm - decision.requests))
-        headers["x-ratelimit-reset-requests"] = duration(decision.reset_requests)
+        limit, remaining, reset = _REQUESTS
+        headers.append((limit, b"%d" % limits.rpm))
+        headers.append((remaining, b"%d" % max(0, limits.rpm - decision.requests)))
+        headers.append((reset, duration(decision.reset_requests).encode()))
     if limits.tpm is not None:
-        headers["x-ratelimit-limit-tokens"] = str(limits.tpm)
-        headers["x-ratelimit-remaining-tokens"] = str(max(0, limits.tpm - decision.tokens))
-        headers["x-ratelimit-reset-tokens"] = duration(decision.reset_tokens)
+        limit, remaining, reset = _TOKENS
+        headers.append((limit, b"%d" % limits.tpm))
+        headers.append((remaining, b"%d" % max(0, limits.tpm - decision.tokens)))
+        headers.append((reset, duration(decision.reset_tokens).encode()))
     return headers

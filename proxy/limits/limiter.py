@@ -28,7 +28,7 @@ from typing import Literal
 from proxy.limits.backend import Backend, Decision, Grant, Ids
 from proxy.limits.breaker import Breaker, State
 from proxy.limits.errors import BackendUnavailable, BreakerOpen, LimitsUnavailable, RateLimited
-from proxy.limits.headers import duration, ratelimit_headers, retry_after
+from proxy.limits.headers import duration, ratelimit_headers, raw_headers, retry_after
 from proxy.limits.heartbeat import Heartbeat
 from proxy.limits.memory import MemoryBackend
 from proxy.limits.policy import KeyLimits
@@ -39,26 +39,40 @@ OnBackendError = Literal["deny", "allow"]
 
 
 class Ticket:
-    """An admitted request: its ``headers`` go on the response; ``settle`` ends it.
+    """An admitted request: its headers go on the response (``raw_headers``, or ``headers``
+    as a dict); ``settle`` ends it.
 
     A ticket of an unlimited key, or one admitted while the backend was down with
     ``on_backend_error: allow``, has no grant: it records nothing, and settling it is free.
     """
 
-    __slots__ = ("_grant", "_limiter", "_settled", "headers", "key")
+    __slots__ = ("_decision", "_grant", "_limiter", "_settled", "key")
 
     def __init__(
         self,
         key: str,
-        headers: dict[str, str],
         limiter: Limiter | None = None,
         grant: Grant | None = None,
+        decision: Decision | None = None,
     ) -> None:
         self.key = key
-        self.headers = headers
         self._limiter = limiter
         self._grant = grant
+        self._decision = decision
         self._settled = False
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The ``x-ratelimit-*`` headers, as the response's start carries them."""
+        if self._grant is None or self._decision is None:
+            return []
+        return raw_headers(self._grant.limits, self._decision)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The ``x-ratelimit-*`` headers by name."""
+        if self._grant is None or self._decision is None:
+            return {}
+        return ratelimit_headers(self._grant.limits, self._decision)
 
     async def settle(self, used_tokens: int | None = None) -> None:
         """The answer ended: charge ``used_tokens`` (prompt + completion as the upstream
@@ -96,6 +110,7 @@ class Limiter:
         self.breaker = breaker if breaker is not None else Breaker()
         self.misses = 0  # admissions let through unchecked (allow, backend down)
         self._ids = Ids()
+        self._local = getattr(self.backend, "local", False)  # a test's fake may not say
         lease = self.backend.lease
         self._heartbeat = Heartbeat(self._renew, lease / 3) if lease else None
 
@@ -109,18 +124,21 @@ class Limiter:
         ``[1, tpm]``, see ``KeyLimits.reservation``), or raise ``RateLimited`` /
         ``LimitsUnavailable``."""
         if limits.unlimited:
-            return Ticket(key, {})
+            return Ticket(key)
         grant = Grant(key, limits, limits.reservation(tokens), self._ids())
-        try:
-            with self.breaker.guard():
-                decision = await self.backend.admit(grant)
-        except BackendUnavailable as exc:
-            return self._unavailable(key, exc)
+        if self._local:  # in this process's memory: it cannot be down
+            decision = await self.backend.admit(grant)
+        else:
+            try:
+                with self.breaker.guard():
+                    decision = await self.backend.admit(grant)
+            except BackendUnavailable as exc:
+                return self._unavailable(key, exc)
         if not decision.admitted:
             raise _rate_limited(grant, decision)
         if self._heartbeat is not None and limits.max_parallel is not None:
             self._heartbeat.add(grant)
-        return Ticket(key, ratelimit_headers(limits, decision), self, grant)
+        return Ticket(key, self, grant, decision)
 
     def _unavailable(self, key: str, exc: BackendUnavailable) -> Ticket:
         """A miss (allow) or a 503 (deny). Logged when the backend failed, not on every
@@ -131,7 +149,7 @@ class Limiter:
             )
         if self.on_backend_error == "allow":
             self.misses += 1
-            return Ticket(key, {})
+            return Ticket(key)
         message = (
             "Rate limits cannot be checked right now (their backend is unavailable); "
             "please retry shortly."
@@ -142,6 +160,9 @@ class Limiter:
     async def _settle(self, grant: Grant, used_tokens: int | None) -> None:
         if self._heartbeat is not None:
             self._heartbeat.discard(grant)
+        if self._local:
+            await self.backend.settle(grant, used_tokens)
+            return
         try:
             with self.breaker.guard():
                 await self.backend.settle(grant, used_tokens)

@@ -57,6 +57,7 @@ class MemoryBackend:
     """The default backend: per-process sliding logs, ``window`` seconds long."""
 
     lease: float | None = None
+    local = True
 
     def __init__(self, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.window = window
