@@ -35,8 +35,9 @@ from proxy.limits import (
     RedisBackend,
     Ticket,
 )
-from proxy.limits.backend import Ids
+from proxy.limits.backend import Decision, Grant, Ids
 from proxy.limits.headers import duration, retry_after
+from proxy.limits.memory import _Log
 from tests.redis_server import RedisServer, running_redis
 
 WINDOW = 2.0  # seconds: the tests' sliding window
@@ -639,3 +640,45 @@ def test_grant_ids_are_unique_per_process_even_after_a_fork() -> None:
     parent = ids()
     assert child.split("-")[0] != parent.split("-")[0], (child, parent)
     assert len({first, second, child, parent}) == 4
+
+
+class _Reference(MemoryBackend):
+    """The memory backend's admission as its parts compose it, without the hot path's one
+    pass: what ``MemoryBackend.admit`` must answer, field for field."""
+
+    async def admit(self, grant: Grant) -> Decision:
+        now = self._clock()
+        log = self._logs.get(grant.key)
+        if log is None:
+            log = self._logs[grant.key] = _Log()
+        log.trim(now - self.window)
+        refused = self._refusal(log, grant)
+        if refused is None:
+            self._record(log, grant, now)
+        return self._decision(log, grant, now, refused)
+
+
+def test_the_memory_backends_hot_path_answers_as_its_parts_do() -> None:
+    async def main() -> None:
+        rng = random.Random(11)
+        now = [0.0]
+        fast, slow = MemoryBackend(10.0, lambda: now[0]), _Reference(10.0, lambda: now[0])
+        choices = [None, 0, 1, 3, 50]
+        held: list[tuple[Grant, Grant]] = []
+        for step in range(20_000):
+            now[0] += rng.choice([0.0, 0.01, 0.5, 3.0])
+            if held and rng.random() < 0.4:
+                a, b = held.pop(rng.randrange(len(held)))
+                used = rng.choice([None, 0, 1, 7, 40])
+                await fast.settle(a, used)
+                await slow.settle(b, used)
+                continue
+            limits = KeyLimits(rng.choice(choices), rng.choice(choices), rng.choice(choices))
+            key, tokens = rng.choice("ab"), rng.randint(1, 20)
+            a, b = Grant(key, limits, tokens, str(step)), Grant(key, limits, tokens, str(step))
+            decided = await fast.admit(a)
+            assert decided == await slow.admit(b), step
+            if decided.admitted:
+                held.append((a, b))
+
+    run(main())
