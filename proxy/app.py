@@ -23,15 +23,15 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import BaseRoute, Match, Route
+from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.asgi import APP_SEND
+from proxy.asgi import APP_SEND, send_json
 from proxy.endpoints import ENDPOINTS, TRANSFERS, Endpoint, TransferEndpoint
 from proxy.endpoints.service import service_routes
 from proxy.errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError
 from proxy.middleware import RootPath, TrustedProxies
-from proxy.observability.access import AccessLog
+from proxy.observability.access import Access, AccessLog
 from proxy.services import Services
 from proxy.settings import Settings
 
@@ -96,7 +96,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 app.router.routes.append(Route(path, transfer, methods=methods))
     app.include_router(service_routes(services))
     # Innermost of the app's middleware, now that the router's table is complete.
-    app.user_middleware.append(Middleware(DirectRoutes, routes=list(app.router.routes)))
+    app.user_middleware.append(Middleware(DirectRoutes, router=app.router))
     app.openapi = lambda: _openapi(app, endpoints, transfers)  # type: ignore[method-assign]
     _add_error_handlers(app)
     return app
@@ -107,41 +107,65 @@ class DirectRoutes:
     path, reached without FastAPI's last layers; every other request goes on through them.
 
     FastAPI's router stays the one routing table: this is an index of its routes, built from
-    them, and answers exactly as the router would (a (method, path) is indexed only when the
-    router's first full match for it is that route). Those last layers (the exception
-    middleware with its ``Request``, the exit stack, the router's scan and the route's method
-    check) serve FastAPI's routes: the proxy's endpoints answer their own errors in their API's
-    shape (an unexpected one still reaches the app's one error policy, outermost), read their
-    own bodies and hold no exit stack. Skipping them saves about 20 µs per request, and a
-    stream's coroutine is four frames shallower on every resumption (README "Performance").
+    them when the app starts (its lifespan builds the middleware), and answers exactly as the
+    router would (a (method, path) is indexed only when the router's first full match for it
+    is that route; the path is taken as the router takes it, ``root_path`` and all). Routes
+    changed after the app started are not seen here: the proxy changes none.
+
+    Those last layers (the exception middleware with its ``Request``, the exit stack, the
+    router's scan and the route's method check) serve FastAPI's routes: the proxy's endpoints
+    read their own bodies, hold no exit stack and answer their own errors in their API's shape.
+    A ``ProxyError`` that escapes one anyway is answered here as the app's handler would
+    (``_error_response``); anything unexpected still reaches the app's one error policy,
+    outermost. Skipping them saves about 11 µs per request, and a stream's coroutine is four
+    frames shallower on every resumption (README "Performance").
     """
 
-    def __init__(self, app: ASGIApp, routes: list[BaseRoute]) -> None:
+    def __init__(self, app: ASGIApp, router: Router) -> None:
         self.app = app
-        self.routes: dict[tuple[str, str], ASGIApp] = {}
+        self.router = router
+        self.routes: dict[tuple[str, str], Endpoint | TransferEndpoint] = {}
+        routes = list(router.routes)
         for route in routes:
             if not _direct(route):
                 continue
             assert isinstance(route, Route) and route.methods is not None
+            endpoint = route.endpoint
+            assert isinstance(endpoint, Endpoint | TransferEndpoint)
             for method in route.methods:
                 probe = {"type": "http", "path": route.path, "method": method, "root_path": ""}
                 first = next(r for r in routes if r.matches(probe)[0] is Match.FULL)
                 if first is route:
-                    self.routes[method, route.path] = route.endpoint
+                    self.routes[method, route.path] = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            path: str = scope["path"]
-            root = scope.get("root_path")
-            if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
-                path = path[len(root) :]  # as the router matches (``RootPath``)
-            endpoint = self.routes.get((scope["method"], path))
+            endpoint = self.routes.get((scope["method"], _route_path(scope)))
             if endpoint is not None:
                 scope["endpoint"] = endpoint
                 scope["path_params"] = {}
-                await endpoint(scope, receive, send)
+                scope.setdefault("router", self.router)
+                try:
+                    await endpoint(scope, receive, send)
+                except ProxyError as error:
+                    access: Access | None = scope.get("state", {}).get("access")
+                    if access is not None and access.status:
+                        raise  # the response began: nothing an answer can mend
+                    status, body, headers = _error_response(endpoint, error)
+                    await send_json(send, status, body, headers)
                 return
         await self.app(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path as the router matches it (Starlette's own rule for ``root_path``)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if not root or not path.startswith(root):
+        return path
+    if path == root:
+        return ""
+    return path[len(root) :] if path[len(root)] == "/" else path
 
 
 def _direct(route: BaseRoute) -> bool:
@@ -220,9 +244,9 @@ def _openapi(
 def _add_error_handlers(app: FastAPI) -> None:
     async def proxy_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProxyError)
-        endpoint = request.scope.get("endpoint")  # an API's path (405): the API's error shape
-        body = endpoint.format.error_body(exc) if isinstance(endpoint, Endpoint) else exc.to_json()
-        return Response(body, exc.status, exc.headers, media_type="application/json")
+        # An API's path (405 on it, say): the API's error shape.
+        status, body, headers = _error_response(request.scope.get("endpoint"), exc)
+        return Response(body, status, headers, media_type="application/json")
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -250,6 +274,13 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unexpected)
+
+
+def _error_response(endpoint: Any, error: ProxyError) -> tuple[int, bytes, dict[str, str]]:
+    """A ``ProxyError`` as an HTTP answer: in the shape of the API ``endpoint`` serves (an
+    ``Endpoint``'s format), else OpenAI's."""
+    body = endpoint.format.error_body(error) if isinstance(endpoint, Endpoint) else error.to_json()
+    return error.status, body, error.headers
 
 
 def create_app_from_env() -> FastAPI:
