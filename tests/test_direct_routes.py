@@ -93,6 +93,14 @@ def test_api_requests_skip_fastapis_last_layers_and_the_rest_do_not(entered: lis
     assert entered[:3] == ["/v1/models", "/v1/chat/completions", "/v1/chat/completions/"]
 
 
+def chat_messages_and(path: str) -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+    """A chat request, a Messages request and a GET of ``path``, to a fresh echo proxy."""
+    with run_server(create_app(echo_settings())) as url:
+        chat = httpx.post(f"{url}/v1/chat/completions", json=CHAT)
+        messages = httpx.post(f"{url}/v1/messages", json={**CHAT, "max_tokens": 5})
+        return chat, messages, httpx.get(f"{url}{path}")
+
+
 def test_an_unexpected_error_in_a_direct_endpoint_meets_the_apps_one_policy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -101,10 +109,7 @@ def test_an_unexpected_error_in_a_direct_endpoint_meets_the_apps_one_policy(
 
     monkeypatch.setattr(ChatCompletions, "parse", broken)
     monkeypatch.setattr(Messages, "parse", broken)
-    with run_server(create_app(echo_settings())) as url:
-        chat = httpx.post(f"{url}/v1/chat/completions", json=CHAT)
-        messages = httpx.post(f"{url}/v1/messages", json={**CHAT, "max_tokens": 5})
-        still = httpx.get(f"{url}/v1/models")
+    chat, messages, still = chat_messages_and("/v1/models")
     assert chat.status_code == 500 and messages.status_code == 500
     assert chat.json()["error"]["message"] == "The proxy had an internal error."
     assert messages.json()["type"] == "error"  # Anthropic's shape on its endpoint
@@ -121,10 +126,7 @@ def test_a_proxy_error_escaping_a_direct_endpoint_is_answered_as_the_router_woul
 
     monkeypatch.setattr(Relay, "serve", refusing)
     monkeypatch.setattr(Passthrough, "serve", refusing)
-    with run_server(create_app(echo_settings())) as url:
-        chat = httpx.post(f"{url}/v1/chat/completions", json=CHAT)
-        messages = httpx.post(f"{url}/v1/messages", json={**CHAT, "max_tokens": 5})
-        files = httpx.get(f"{url}/v1/files")
+    chat, messages, files = chat_messages_and("/v1/files")
     assert [chat.status_code, messages.status_code, files.status_code] == [400, 400, 400]
     assert chat.json()["error"] == {
         "message": "Refused after admission.",

@@ -37,7 +37,6 @@ from proxy.limits import (
 )
 from proxy.limits.backend import Decision, Grant, Ids
 from proxy.limits.headers import duration, retry_after
-from proxy.limits.memory import _Log
 from tests.redis_server import RedisServer, running_redis
 
 WINDOW = 2.0  # seconds: the tests' sliding window
@@ -648,10 +647,7 @@ class _Reference(MemoryBackend):
 
     async def admit(self, grant: Grant) -> Decision:
         now = self._clock()
-        log = self._logs.get(grant.key)
-        if log is None:
-            log = self._logs[grant.key] = _Log()
-        log.trim(now - self.window)
+        log = self._log(grant.key, now)
         refused = self._refusal(log, grant)
         if refused is None:
             self._record(log, grant, now)

@@ -64,12 +64,17 @@ class MemoryBackend:
         self._clock = clock
         self._logs: dict[str, _Log] = {}
 
+    def _log(self, key: str, now: float) -> _Log:
+        """The key's log as of ``now`` (what left the window forgotten), made if new."""
+        log = self._logs.get(key)
+        if log is None:
+            log = self._logs[key] = _Log()
+        log.trim(now - self.window)
+        return log
+
     async def admit(self, grant: Grant) -> Decision:
         now = self._clock()
-        log = self._logs.get(grant.key)
-        if log is None:
-            log = self._logs[grant.key] = _Log()
-        log.trim(now - self.window)
+        log = self._log(grant.key, now)
         refused = self._refusal(log, grant)
         if refused is not None:
             return self._decision(log, grant, now, refused)

@@ -110,32 +110,23 @@ class HTTPClient:
         """The whole body (a JSON answer), at most ``limit`` bytes."""
         parts: list[bytes] = []
         size = 0
-        # Its own loop rather than ``chunks``: no generator to make and close per answer.
+        # Not over ``chunks``: no generator to make and close per answer.
         with self.errors("idle"), IdleTimer(self.timeouts.idle) as timer:
-            while True:
-                timer.wait()
-                data = await response.read()
-                timer.done()
-                if not data:
-                    return b"".join(parts)
+            while data := await _timed_read(response, timer):
                 size += len(data)
                 if size > limit:
                     raise errors.UpstreamMalformed(
                         f"The upstream '{self.name}' answered more than {limit} bytes."
                     )
                 parts.append(data)
+        return b"".join(parts)
 
     async def chunks(self, response: WireResponse) -> AsyncGenerator[bytes, None]:
         """The body's bytes as they arrive, each wait bounded by ``timeouts.idle`` (a body
-        passed on as it came; ``read`` and ``events`` keep their own loops: one generator
-        layer less on every answer read whole and on every chunk of a stream)."""
+        passed on as it came; ``read`` and ``events`` read without it: one generator layer
+        less on every answer read whole and on every chunk of a stream)."""
         with self.errors("idle"), IdleTimer(self.timeouts.idle) as timer:
-            while True:
-                timer.wait()
-                data = await response.read()
-                timer.done()
-                if not data:
-                    return
+            while data := await _timed_read(response, timer):
                 yield data
 
     async def events(
@@ -173,12 +164,7 @@ class HTTPClient:
     async def _status_error(self, response: WireResponse) -> ProxyError:
         raw = b""
         with IdleTimer(self.timeouts.idle) as timer:
-            while len(raw) < MAX_ERROR_BODY:
-                timer.wait()
-                part = await response.read()
-                timer.done()
-                if not part:
-                    break
+            while len(raw) < MAX_ERROR_BODY and (part := await _timed_read(response, timer)):
                 raw += part
         raw = raw[:MAX_ERROR_BODY]
         error = failures.status_error(raw, response.status, response.reason)
@@ -259,6 +245,14 @@ class _Boundary:
 
 
 DONE = object()  # what a ``parse`` function returns for the end-of-stream marker
+
+
+async def _timed_read(response: WireResponse, timer: IdleTimer) -> bytes:
+    """The body's next bytes (``b""`` at its end), the wait on them watched by ``timer``."""
+    timer.wait()
+    data = await response.read()
+    timer.done()
+    return data
 
 
 def _stale(exc: Exception) -> bool:
