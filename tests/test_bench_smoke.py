@@ -4,6 +4,7 @@ Nothing about speed is asserted here; speed belongs to the bench's table (README
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,20 @@ def test_upload_bench_quick_run() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     for row in ("upload, model first: MB/s", "file first (spooled): proxy peak RSS"):
         assert row in result.stdout, result.stdout
+
+
+def test_inprocess_bench_quick_run() -> None:
+    """Both modes, with a key and the access lines on: every request answered, figures given."""
+    for mode in ("json", "stream"):
+        result = subprocess.run(
+            [sys.executable, "-m", "bench.inprocess", "--mode", mode, "--users", "4",
+             "--requests", "200", "--rounds", "1", "--keys", "--log"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        figures = json.loads(result.stdout)
+        assert figures["failed"] == 0 and figures["cpu_us_per_request"] > 0
+        assert (figures["ttft_p50_us"] is not None) == (mode == "stream")
