@@ -23,7 +23,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import BaseRoute, Match, Route, Router
+from starlette.routing import Match, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.asgi import APP_SEND, send_json
@@ -127,11 +127,13 @@ class DirectRoutes:
         self.routes: dict[tuple[str, str], Endpoint | TransferEndpoint] = {}
         routes = list(router.routes)
         for route in routes:
-            if not _direct(route):
+            # Only a fixed path to one of the proxy's own endpoints.
+            endpoint = getattr(route, "endpoint", None)
+            if not isinstance(endpoint, Endpoint | TransferEndpoint):
                 continue
-            assert isinstance(route, Route) and route.methods is not None
-            endpoint = route.endpoint
-            assert isinstance(endpoint, Endpoint | TransferEndpoint)
+            assert isinstance(route, Route)
+            if route.param_convertors or not route.methods:
+                continue
             for method in route.methods:
                 probe = {"type": "http", "path": route.path, "method": method, "root_path": ""}
                 first = next(r for r in routes if r.matches(probe)[0] is Match.FULL)
@@ -166,16 +168,6 @@ def _route_path(scope: Scope) -> str:
     if path == root:
         return ""
     return path[len(root) :] if path[len(root)] == "/" else path
-
-
-def _direct(route: BaseRoute) -> bool:
-    """A route ``DirectRoutes`` may take: a fixed path to one of the proxy's endpoints."""
-    return (
-        isinstance(route, Route)
-        and isinstance(route.endpoint, Endpoint | TransferEndpoint)
-        and not route.param_convertors
-        and route.methods is not None
-    )
 
 
 # Middleware that look at a response's start alone and pass its body on untouched: a stream's

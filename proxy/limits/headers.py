@@ -20,13 +20,18 @@ def duration(seconds: float) -> str:
         return f"{max(1, round(seconds * 1000))}ms"
     rounded = round(seconds, 3)
     if rounded < 60:  # the usual case (a window of 60 s): no minutes to split off
-        return f"{rounded:.3f}".rstrip("0").rstrip(".") + "s"
+        return _seconds(rounded)
     whole_minutes, rest = divmod(rounded, 60)
     hours, minutes = divmod(int(whole_minutes), 60)
-    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    text = _seconds(rest)
     if hours:
         return f"{hours}h{minutes}m{text}"
     return f"{minutes}m{text}" if minutes else text
+
+
+def _seconds(value: float) -> str:
+    """``1.2`` -> ``1.2s``, ``5.0`` -> ``5s``: milliseconds at most, no trailing zeros."""
+    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
 
 
 def retry_after(seconds: float) -> str:
@@ -59,14 +64,12 @@ def raw_headers(limits: KeyLimits, decision: Decision) -> list[tuple[bytes, byte
     """``ratelimit_headers`` as the ASGI response start carries them (made on every admitted
     request: its names encoded once, here)."""
     headers: list[tuple[bytes, bytes]] = []
-    if limits.rpm is not None:
-        limit, remaining, reset = _REQUESTS
-        headers.append((limit, b"%d" % limits.rpm))
-        headers.append((remaining, b"%d" % max(0, limits.rpm - decision.requests)))
-        headers.append((reset, duration(decision.reset_requests).encode()))
-    if limits.tpm is not None:
-        limit, remaining, reset = _TOKENS
-        headers.append((limit, b"%d" % limits.tpm))
-        headers.append((remaining, b"%d" % max(0, limits.tpm - decision.tokens)))
-        headers.append((reset, duration(decision.reset_tokens).encode()))
+    for limit, used, reset, names in (
+        (limits.rpm, decision.requests, decision.reset_requests, _REQUESTS),
+        (limits.tpm, decision.tokens, decision.reset_tokens, _TOKENS),
+    ):
+        if limit is not None:
+            headers.append((names[0], b"%d" % limit))
+            headers.append((names[1], b"%d" % max(0, limit - used)))
+            headers.append((names[2], duration(reset).encode()))
     return headers

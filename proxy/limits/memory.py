@@ -78,19 +78,16 @@ class MemoryBackend:
         refused = self._refusal(log, grant)
         if refused is not None:
             return self._decision(log, grant, now, refused)
-        # Admitted (the hot path): recorded, and ``_decision``'s answer for an admission, in
-        # one pass (tests/test_limits.py holds the two to the same answers).
+        self._record(log, grant, now)
+        # Admitted (the hot path): ``_decision``'s answer for an admission, without its
+        # general cases (tests/test_limits.py holds the two to the same answers).
         limits, window = grant.limits, self.window
         reset_requests = reset_tokens = 0.0
         if limits.rpm is not None:
-            log.requests.append(now)
             reset_requests = max(0.0, log.requests[0] + window - now)
         if limits.tpm is not None:
-            log.charge(now, grant.id, grant.tokens)
             at = log.tokens_free_at(1)
             reset_tokens = 0.0 if at is None else max(0.0, at + window - now)
-        if limits.max_parallel is not None:
-            log.flight.add(grant.id)
         # admitted, refused_by, requests, tokens, parallel, reset_requests, reset_tokens
         return Decision(
             True, None, len(log.requests), log.total, len(log.flight), reset_requests, reset_tokens

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
+from typing import Any, NamedTuple
 
 from proxy.errors import ModelNotFound
 from proxy.observability.metrics import Metrics
@@ -19,6 +19,14 @@ from proxy.settings import HTTPUpstream, Settings
 from proxy.upstreams.base import Route, Upstream
 
 log = logging.getLogger(__name__)
+
+
+class _Reach(NamedTuple):
+    """What every request to one public model starts from."""
+
+    chain: tuple[Model, ...]  # the model, then its fallbacks
+    context: tuple[Model, ...]  # its context-window fallbacks
+    deadline: float | None  # the longest ``timeouts.total`` among all their deployments
 
 
 class Router:
@@ -36,8 +44,7 @@ class Router:
             name: self._model(name, config, settings, upstreams)
             for name, config in settings.models.items()
         }
-        # What every request to a model starts from, made once: its chain (the model, then its
-        # fallbacks), its context-window fallbacks, and its deadline.
+        # What every request to a model starts from, made once.
         self._routes = {name: self._route(model) for name, model in self.models.items()}
 
     def _model(
@@ -74,7 +81,7 @@ class Router:
 
         return changed
 
-    def _route(self, first: Model) -> tuple[tuple[Model, ...], tuple[Model, ...], float | None]:
+    def _route(self, first: Model) -> _Reach:
         chain = (first, *(self.models[name] for name in first.fallbacks))
         context = tuple(self.models[name] for name in first.context_fallbacks)
         # The longest ``timeouts.total`` among every deployment a request may reach.
@@ -84,7 +91,7 @@ class Router:
             for d in model.deployments
             if d.route.deadline is not None
         ]
-        return chain, context, max(totals) if totals else None
+        return _Reach(chain, context, max(totals) if totals else None)
 
     def plan(self, model: str) -> Plan:
         """The attempts for a request to ``model``; raises ModelNotFound."""
@@ -95,9 +102,9 @@ class Router:
                 param="model",
             )
         hook = self.metrics.attempt if self.metrics is not None else None
-        return Plan(route[0], route[1], self.routing, self.rng, on_attempt=hook)
+        return Plan(route.chain, route.context, self.routing, self.rng, on_attempt=hook)
 
     def deadline(self, model: str) -> float | None:
         """The longest ``timeouts.total`` among every deployment a request to ``model`` may
         reach: the watchdog's bound for the whole request."""
-        return self._routes[model][2]
+        return self._routes[model].deadline
