@@ -50,7 +50,13 @@ class ProxyApp(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[APP_SEND] = send
-        await super().__call__(scope, receive, send)
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # The server's send is a method of its request cycle, which holds the scope: kept
+            # here, each request's cycle, scope, access record... would be a reference cycle,
+            # left for the garbage collector (about 20 µs a request, measured, with uvicorn).
+            scope.pop(APP_SEND, None)
 
 
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
