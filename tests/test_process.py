@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from proxy import create_app
+from proxy.heap import YOUNG_THRESHOLD
 from tests.helpers import echo_settings, free_port, serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,10 +264,10 @@ import uvicorn
 from proxy.app import create_app
 from proxy.settings import Settings
 create_app(Settings())
-built = gc.get_freeze_count()
+built = gc.get_freeze_count(), gc.get_threshold()[0]
 from fastapi import FastAPI
 kind = lambda app: "FastAPI" if isinstance(app, FastAPI) else type(app).__name__  # ProxyApp too
-uvicorn.run = lambda app, **options: print(built, gc.get_freeze_count(), kind(app))
+uvicorn.run = lambda app, **options: print(*built, gc.get_freeze_count(), gc.get_threshold()[0], kind(app))
 from proxy.cli import main
 main(sys.argv[1:])
 """
@@ -277,8 +278,9 @@ def test_the_serving_process_freezes_its_start_up_heap_and_create_app_does_not(
     workers: bool,
 ) -> None:
     """Full collections walked every object start-up made (~45 ms each under load, the p99 of
-    whatever was in flight): the serving process freezes them before it serves; a process that
-    only builds apps (the tests) keeps its heap as it is."""
+    whatever was in flight): the serving process freezes them before it serves, and raises the
+    young generation's threshold (proxy/heap.py); a process that only builds apps (the tests)
+    keeps its heap and its collector as they are."""
     if workers:  # each worker builds its app with the factory, in its own process
         code = FROZEN.replace("from proxy.cli import main\nmain(sys.argv[1:])", "")
         code += "from proxy.app import create_app_from_env\nuvicorn.run(create_app_from_env())\n"
@@ -293,6 +295,7 @@ def test_the_serving_process_freezes_its_start_up_heap_and_create_app_does_not(
         env={**os.environ, "PROXY_CONFIG": ""},
     )
     assert out.returncode == 0, out.stderr
-    built, frozen, app = out.stdout.split()
-    assert int(built) == 0  # create_app alone froze nothing
+    built, threshold_built, frozen, threshold, app = out.stdout.split()
+    assert int(built) == 0 and int(threshold_built) != YOUNG_THRESHOLD  # create_app: as it was
     assert int(frozen) > 10_000 and app == "FastAPI"
+    assert int(threshold) == YOUNG_THRESHOLD
