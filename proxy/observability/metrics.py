@@ -1,12 +1,13 @@
 """Prometheus metrics of the streams' health, taken from each request's access record.
 
 Everything is created by ``Metrics`` on its own registry (no module-level metric objects), so
-each app has its own. With several workers, ``PROMETHEUS_MULTIPROC_DIR`` is set by the command
-line before any worker starts: prometheus-client then keeps values in files shared by the
-workers and ``/metrics`` sums them (``multiprocess_mode`` says how for the gauge).
+each app has its own. In one process the instruments are the proxy's own plain numbers
+(``proxy.observability.local``: no locks, the same exposition). With several workers,
+``PROMETHEUS_MULTIPROC_DIR`` is set by the command line before any worker starts: then they are
+prometheus-client's, which keep values in files shared by the workers, and ``/metrics`` sums
+them (``multiprocess_mode`` says how for a gauge).
 
-Only prometheus-client's public API is used. Hot-path cost: one ``observe`` per chunk gap
-(0.15 µs: ``proxy.observability.gaps``); labelled children are cached, not looked up per
+Only prometheus-client's public API is used. Labelled children are cached, not looked up per
 request (``labels()`` takes a lock and converts values). ``bench/`` shows the CPU with and
 without metrics.
 """
@@ -14,7 +15,8 @@ without metrics.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,15 +27,19 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.registry import Collector
 
 from proxy.errors import Outcome
-from proxy.observability.gaps import GapHistogram
+from proxy.observability.local import LocalCounter, LocalGauge, LocalHistogram
 
 if TYPE_CHECKING:
     from proxy.observability.access import Access
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 GAP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15, 60)
+# How ``/metrics`` sums the workers' values of a gauge (those the proxy uses).
+GaugeMode = Literal["livesum", "max"]
+
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
@@ -42,137 +48,145 @@ class Metrics:
 
     def __init__(self) -> None:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-        registry = self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry(auto_describe=True)
         labels = ("model", "upstream")
-        self.requests = Counter(
+        self.requests = self._counter(
             "proxy_requests",
             "Chat completion requests by public model, upstream, stream flag and status.",
             (*labels, "stream", "status"),
-            registry=registry,
         )
-        self.ttft = Histogram(
+        self.ttft = self._histogram(
             "proxy_time_to_first_token_seconds",
             "From the client's request to the first content chunk written to it.",
             labels,
-            buckets=TTFT_BUCKETS,
-            registry=registry,
+            TTFT_BUCKETS,
         )
-        gap = ("proxy_chunk_gap_seconds", "Time between two chunks written to a streaming client.")
-        # Observed on every chunk: our own series in one process, prometheus-client's
-        # Histogram where only its shared files can sum the workers (``proxy.observability.gaps``).
-        self.chunk_gap: Any
-        if self.multiprocess:
-            self.chunk_gap = Histogram(*gap, labels, buckets=GAP_BUCKETS, registry=registry)
-        else:
-            self.chunk_gap = GapHistogram(*gap, labels, GAP_BUCKETS)
-            registry.register(self.chunk_gap)
-        self.duration = Histogram(
+        self.chunk_gap = self._histogram(  # observed on every chunk of every stream
+            "proxy_chunk_gap_seconds",
+            "Time between two chunks written to a streaming client.",
+            labels,
+            GAP_BUCKETS,
+        )
+        self.duration = self._histogram(
             "proxy_request_duration_seconds",
             "Whole chat requests, from the request to the last byte written.",
             (*labels, "stream"),
-            buckets=DURATION_BUCKETS,
-            registry=registry,
+            DURATION_BUCKETS,
         )
-        self.in_flight = Gauge(
+        self.in_flight = self._gauge(
             "proxy_streams_in_flight",
             "Streaming responses being written right now.",
             labels,
-            registry=registry,
-            multiprocess_mode="livesum",
+            "livesum",
         )
-        self.upstream_errors = Counter(
+        self.upstream_errors = self._counter(
             "proxy_upstream_errors",
             "Upstream failures by kind: connect, first_byte_timeout, idle_timeout, status, "
             "reset, malformed, truncated, stream_error.",
             ("upstream", "kind"),
-            registry=registry,
         )
-        self.disconnects = Counter(
+        self.disconnects = self._counter(
             "proxy_client_disconnects",
             "Requests whose client went away before the answer was complete.",
             labels,
-            registry=registry,
         )
-        self.tokens = Counter(
+        self.tokens = self._counter(
             "proxy_tokens",
             "Tokens by model as reported by the upstream's usage (never estimated).",
             (*labels, "type"),
-            registry=registry,
         )
-        self.usage = Counter(
+        self.usage = self._counter(
             "proxy_usage_reports",
             "Completed answers by whether the upstream reported usage (usage=reported|missing).",
             (*labels, "usage"),
-            registry=registry,
         )
 
-        self.attempts = Counter(
+        self.attempts = self._counter(
             "proxy_upstream_attempts",
             "Attempts by public model, deployment (upstream/model) and result (ok, or the "
             "failure's kind).",
             ("model", "deployment", "result"),
-            registry=registry,
         )
-        self.retries = Counter(
+        self.retries = self._counter(
             "proxy_retries",
             "Retries within a model (another attempt after a failure).",
             ("model",),
-            registry=registry,
         )
-        self.fallbacks = Counter(
+        self.fallbacks = self._counter(
             "proxy_fallbacks",
             "Requests that went on to a fallback model.",
             ("model", "fallback"),
-            registry=registry,
         )
-        self.breaker = Gauge(
+        self.breaker = self._gauge(
             "proxy_breaker_open",
             "1 while a deployment's circuit breaker rests (open) or probes (half_open).",
             ("deployment", "state"),
-            registry=registry,
-            multiprocess_mode="max",
+            "max",
         )
-        self.breaker_changes = Counter(
+        self.breaker_changes = self._counter(
             "proxy_breaker_changes",
             "Circuit breaker state changes by deployment and new state.",
             ("deployment", "state"),
-            registry=registry,
         )
 
-        self.key_requests = Counter(
+        self.key_requests = self._counter(
             "proxy_key_requests",
             "Requests by client key name (never the key) and status.",
             ("key", "status"),
-            registry=registry,
         )
-        self.key_tokens = Counter(
+        self.key_tokens = self._counter(
             "proxy_key_tokens",
             "Tokens by client key name, as the upstream reported them.",
             ("key", "type"),
-            registry=registry,
         )
-        self.rate_limited = Counter(
+        self.rate_limited = self._counter(
             "proxy_rate_limited",
             "Requests refused by a key's limits, by reason: requests, tokens, parallel.",
             ("key", "reason"),
-            registry=registry,
         )
-        self.limits_backend = Gauge(
+        self.limits_backend = self._gauge(
             "proxy_limits_backend",
             "1 for the limits backend breaker's current state (closed, open, half_open).",
             ("state",),
-            registry=registry,
-            multiprocess_mode="max",
+            "max",
         )
-        self.limits_misses = Gauge(
+        self.limits_misses = self._gauge(
             "proxy_limits_misses",
             "Requests let through unchecked while the limits backend was down (allow).",
-            registry=registry,
-            multiprocess_mode="livesum",
+            (),
+            "livesum",
         )
 
         self._children: dict[tuple[Any, ...], Any] = {}
         self._limits_shown: tuple[str, int] | None = None  # what the two gauges above show
+
+    # Each kind of instrument: prometheus-client's with several workers (their shared files),
+    # else the proxy's own (``proxy.observability.local``).
+
+    def _counter(self, name: str, documentation: str, labels: Sequence[str]) -> Any:
+        if self.multiprocess:
+            return Counter(name, documentation, labels, registry=self.registry)
+        return self._local(LocalCounter(name, documentation, labels))
+
+    def _gauge(self, name: str, documentation: str, labels: Sequence[str], mode: GaugeMode) -> Any:
+        """``mode``: how ``/metrics`` sums the workers' values (prometheus-client's
+        ``multiprocess_mode``)."""
+        if self.multiprocess:
+            return Gauge(
+                name, documentation, labels, registry=self.registry, multiprocess_mode=mode
+            )
+        return self._local(LocalGauge(name, documentation, labels))
+
+    def _histogram(
+        self, name: str, documentation: str, labels: Sequence[str], buckets: Sequence[float]
+    ) -> Any:
+        if self.multiprocess:
+            return Histogram(name, documentation, labels, buckets=buckets, registry=self.registry)
+        return self._local(LocalHistogram(name, documentation, labels, buckets))
+
+    def _local(self, collector: Collector) -> Collector:
+        self.registry.register(collector)
+        return collector
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: ``labels()`` takes a lock and converts values."""

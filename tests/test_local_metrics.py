@@ -1,0 +1,132 @@
+"""The metrics of one process (``proxy.observability.local``) write what prometheus-client's
+own Counter, Gauge and Histogram write for the same changes; with several workers the proxy
+uses prometheus-client's (their shared files)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from proxy.observability.local import LocalCounter, LocalGauge, LocalHistogram
+from proxy.observability.metrics import GAP_BUCKETS, Metrics
+
+LABELS = ("model", "upstream")
+# Below every bound, on bounds (``le`` includes them), between, above every bound, zero.
+VALUES = [0.0, 0.0005, 0.001, 0.0010001, 0.003, 0.01, 0.7, 2.5, 60.0, 61.0, 1e9]
+
+Change = tuple[tuple[str, ...], str, float]  # label values, method, argument
+
+
+def theirs(kind: str, registry: CollectorRegistry, labels: tuple[str, ...]) -> Any:
+    if kind == "counter":
+        return Counter("proxy_things", "doc", labels, registry=registry)
+    if kind == "gauge":
+        return Gauge("proxy_level", "doc", labels, registry=registry)
+    return Histogram("proxy_gap_seconds", "doc", labels, buckets=GAP_BUCKETS, registry=registry)
+
+
+def ours(kind: str, registry: CollectorRegistry, labels: tuple[str, ...]) -> Any:
+    metric: Any
+    if kind == "counter":
+        metric = LocalCounter("proxy_things", "doc", labels)
+    elif kind == "gauge":
+        metric = LocalGauge("proxy_level", "doc", labels)
+    else:
+        metric = LocalHistogram("proxy_gap_seconds", "doc", labels, GAP_BUCKETS)
+    registry.register(metric)
+    return metric
+
+
+def exposition(
+    make: Callable[[str, CollectorRegistry, tuple[str, ...]], Any],
+    kind: str,
+    changes: list[Change],
+    labels: tuple[str, ...] = LABELS,
+) -> list[str]:
+    registry = CollectorRegistry()
+    metric = make(kind, registry, labels)
+    for values, method, argument in changes:
+        target = metric.labels(*values) if values else metric
+        getattr(target, method)(argument)
+    text = generate_latest(registry).decode()
+    # Each series' _created is the time it was made: equal up to when each side made it.
+    return [
+        line.rsplit(" ", 1)[0] + " <time>" if "_created" in line and "{" in line else line
+        for line in text.splitlines()
+    ]
+
+
+CASES: dict[str, tuple[str, list[Change]]] = {
+    "counter-empty": ("counter", []),
+    "counter": (
+        "counter",
+        [(("m", "up"), "inc", 1), (("m", "up"), "inc", 2.5), (("n", 'q"x\\'), "inc", 0)],
+    ),
+    "counter-large": ("counter", [(("m", "up"), "inc", 10**15), (("m", "up"), "inc", 1e308)]),
+    "gauge": (
+        "gauge",
+        [
+            (("m", "up"), "inc", 1),
+            (("m", "up"), "inc", 2),
+            (("m", "up"), "dec", 1),
+            (("n", "up"), "set", 1),
+            (("n", "up"), "set", 0),
+            (("o", "up"), "dec", 3),
+        ],
+    ),
+    "histogram-empty": ("histogram", []),
+    "histogram-every-bucket": ("histogram", [(("m", "up"), "observe", v) for v in VALUES]),
+    "histogram-several": (
+        "histogram",
+        [
+            (("m", "up"), "observe", 0.002),
+            (("n", "other"), "observe", 0.2),
+            (("m", "up"), "observe", 5.0),
+            (("m", 'q"x'), "observe", 1),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_same_exposition_as_prometheus_client(case: str) -> None:
+    kind, changes = CASES[case]
+    mine = exposition(ours, kind, changes)
+    assert mine == exposition(theirs, kind, changes)
+    if changes:  # not two empty texts
+        series = {values for values, _, _ in changes}
+        assert sum(line.startswith("proxy_") for line in mine) >= len(series)
+        if kind != "gauge":
+            assert sum("_created{" in line for line in mine) == len(series)
+
+
+def test_a_gauge_without_labels_is_set_directly() -> None:
+    changes: list[Change] = [((), "set", 3), ((), "set", 7)]
+    mine = exposition(ours, "gauge", changes, labels=())
+    assert mine == exposition(theirs, "gauge", changes, labels=())
+    assert "proxy_level 7.0" in mine
+
+
+def test_a_counter_refuses_a_negative_amount_as_prometheus_client_does() -> None:
+    for make in (ours, theirs):
+        counter = make("counter", CollectorRegistry(), LABELS).labels("m", "up")
+        with pytest.raises(ValueError, match="non-negative"):
+            counter.inc(-1)
+
+
+def test_one_process_uses_its_own_series_workers_prometheus_clients(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    metrics = Metrics()
+    assert isinstance(metrics.chunk_gap, LocalHistogram)
+    assert isinstance(metrics.requests, LocalCounter)
+    assert isinstance(metrics.in_flight, LocalGauge)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    metrics = Metrics()
+    assert isinstance(metrics.chunk_gap, Histogram)
+    assert isinstance(metrics.requests, Counter)
+    assert isinstance(metrics.in_flight, Gauge)
