@@ -8,18 +8,19 @@ in flight then waited for it (bench, non-stream c=16: latency p99 49 ms before, 
 ``gc.freeze()`` after a collection is the standard library's way out: frozen objects are never
 scanned again, and are still freed by reference counting like any other.
 
-A request that ends normally leaves no reference cycle behind (``tests/test_heap.py`` holds
-every kind of success to that): reference counting frees all of it. Yet the youngest
-generation was collected whenever 700 more container objects had been made than freed, and
-16 requests in flight hold more than that between them, so the count crossed 700 again and
-again: about one collection every ten requests, each walking what was in flight and finding
-nothing. That was some 15 µs of every request, a twentieth of its CPU (bench, non-stream c=16,
-15 s: 3,700 young collections, 0.68 s of CPU in all generations; with a threshold of 10,000: 13
-young collections, 0.08 s). A
-collection walks only the young objects that are still alive, so a higher threshold makes them
-rarer without making one longer than the objects in flight (about 1.5 ms at most, measured).
-What an error leaves in a cycle (a traceback and its frames) is collected as before, only
-later; the older generations keep their thresholds.
+A request leaves no reference cycle behind, however it ends (``tests/test_heap.py`` holds
+successes, upstream failures, timeouts, refusals and uploads to that): reference counting frees
+all of it. Yet the youngest generation was collected whenever 700 more container objects had
+been made than freed, and 16 requests in flight hold more than that between them, so the
+count crossed 700 again and again: about one collection every ten requests, each walking what
+was in flight and finding nothing. That was some 15 µs of every request, a twentieth of its
+CPU (bench, non-stream c=16, 15 s: 3,700 young collections, 0.68 s of CPU in all generations;
+with a threshold of 10,000: 13 young collections, 0.08 s). A collection walks only the young
+objects that are still alive, so a higher threshold makes them rarer without making one longer
+than the objects in flight (about 1.5 ms at most, measured). Whatever still makes a cycle
+(a library's own, an error not seen in the tests) waits longer for its collection: a cycle
+that holds a request's body holds it longer too, which is why the tests look for bodies in
+what the collector finds. The older generations keep their thresholds.
 
 Only the processes that serve call it (``proxy.cli``, the workers' factory), never
 ``create_app``: a test process that builds many apps would keep their cycles for good.

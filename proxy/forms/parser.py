@@ -12,12 +12,15 @@ naming the problem.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from proxy.errors import InvalidRequest
+
+if TYPE_CHECKING:  # python-multipart declares it for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
 
 # A part's headers, bounded here rather than trusting each python-multipart version to: a part
 # is a name, a file name and a content type, never kilobytes of headers.
@@ -69,31 +72,19 @@ class FormParser:
     """See the module docstring. One per body."""
 
     def __init__(self, boundary: bytes) -> None:
-        self._events: list[Event] = []
-        self._field = bytearray()
-        self._value = bytearray()
-        self._headers: dict[bytes, bytes] = {}
-        self._lines = 0  # header lines of the current part
+        # The parser calls back into ``_Parts``, which does not hold the parser: were the
+        # callbacks this object's methods, each form would be a reference cycle (with the
+        # last data read) left for the cyclic collector (proxy/heap.py).
+        self._parts = _Parts()
         try:
-            self._parser = MultipartParser(
-                boundary,
-                {
-                    "on_part_begin": self._on_part_begin,
-                    "on_header_field": self._on_field,
-                    "on_header_value": self._on_value,
-                    "on_header_end": self._on_header_end,
-                    "on_headers_finished": self._on_headers_finished,
-                    "on_part_data": self._on_data,
-                    "on_part_end": self._on_part_end,
-                },
-            )
+            self._parser = MultipartParser(boundary, self._parts.callbacks())
         except FormParserError as exc:
             raise _malformed(str(exc)) from None
 
     def feed(self, data: bytes) -> list[Event]:
         """The events ``data`` completes."""
         events: list[Event] = []
-        self._events = events
+        self._parts.events = events
         try:
             self._parser.write(data)
         except FormParserError as exc:
@@ -104,6 +95,28 @@ class FormParser:
         """The body ended: it must have ended with its closing boundary."""
         if self._parser.state != MultipartState.END:
             raise _malformed("the body ended before its closing boundary")
+
+
+class _Parts:
+    """What the parser's callbacks make of a body: its events, one ``feed`` at a time."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._field = bytearray()
+        self._value = bytearray()
+        self._headers: dict[bytes, bytes] = {}
+        self._lines = 0  # header lines of the current part
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {
+            "on_part_begin": self._on_part_begin,
+            "on_header_field": self._on_field,
+            "on_header_value": self._on_value,
+            "on_header_end": self._on_header_end,
+            "on_headers_finished": self._on_headers_finished,
+            "on_part_data": self._on_data,
+            "on_part_end": self._on_part_end,
+        }
 
     def _on_part_begin(self) -> None:
         self._headers.clear()
@@ -134,7 +147,7 @@ class FormParser:
         raw_name = options.get(b"name")
         if kind != b"form-data" or raw_name is None:
             raise _malformed("a part has no Content-Disposition: form-data; name=...")
-        self._events.append(
+        self.events.append(
             PartStart(
                 name=raw_name.decode("utf-8", "replace"),
                 raw_name=raw_name,
@@ -145,10 +158,10 @@ class FormParser:
 
     def _on_data(self, data: bytes, start: int, end: int) -> None:
         if end > start:
-            self._events.append(data[start:end])
+            self.events.append(data[start:end])
 
     def _on_part_end(self) -> None:
-        self._events.append(PART_END)
+        self.events.append(PART_END)
 
 
 def _malformed(problem: str) -> InvalidRequest:

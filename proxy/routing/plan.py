@@ -33,6 +33,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from proxy.errors import ModelUnavailable, ProxyError, Retry
 from proxy.routing.deployments import Deployment, choose
@@ -134,10 +135,8 @@ class Plan:
 
     async def __anext__(self) -> Attempt:
         while True:
-            if self._stop is not None:
-                raise self._stop
-            if self._index >= len(self.chain):
-                raise self._last or self._resting()
+            if self._stop is not None or self._index >= len(self.chain):
+                self._end()
             model = self.chain[self._index]
             deployment = self._candidate(model)
             if deployment is not None:
@@ -147,6 +146,17 @@ class Plan:
                     self.retries += 1
                 return Attempt(deployment, model.name, len(self.attempts) + 1)
             self._next_model()
+
+    def _end(self) -> NoReturn:
+        """Raise the error that ends the plan, holding it no longer: the plan is in the
+        raising frames, so kept, it would make each failed request a reference cycle (its
+        frames and body left for the cyclic collector, ``proxy/heap.py``)."""
+        error = self._stop or self._last or self._resting()
+        self._stop = self._last = None
+        try:
+            raise error
+        finally:
+            del error
 
     def _candidate(self, model: Model) -> Deployment | None:
         if self._in_model > self.routing.retries:
@@ -187,7 +197,10 @@ class Plan:
         attempt.release()
         deployment = attempt.deployment
         self._record(attempt, str(error.kind or "error"))
-        self._last = error
+        # Kept without its traceback, whose frames hold this plan: a reference cycle (with the
+        # request's body) left for the cyclic collector otherwise (proxy/heap.py). If it ends
+        # the plan, it is raised again from here (``_end``), with a traceback of its own.
+        self._last = error.with_traceback(None)
         if error.retry is Retry.RETRY:
             deployment.breaker.failed()
             self._tried.add(id(deployment))

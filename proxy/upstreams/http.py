@@ -237,11 +237,37 @@ class _Boundary:
     ) -> None:
         if exc is None or not isinstance(exc, Exception):
             return  # no error, or a cancellation / generator exit: not ours to translate
-        if isinstance(exc, ProxyError):
-            raise self.client.scrubber.error(exc) from exc.__cause__
-        error = self.client.translate(exc, self.phase)
-        if error is not None:
-            raise self.client.scrubber.error(error) from exc
+        error: ProxyError | None = None
+        try:
+            if isinstance(exc, ProxyError):
+                raise self.client.scrubber.error(exc) from _untraced(exc.__cause__)
+            error = self.client.translate(exc, self.phase)
+            if error is not None:
+                raise self.client.scrubber.error(error) from _untraced(exc)
+        finally:
+            # This frame goes into the raised error's traceback: holding the errors too, it
+            # would make a reference cycle of every failed request (its frames, its body),
+            # left for the cyclic collector (proxy/heap.py).
+            del exc, traceback, error
+
+
+def _untraced(cause: BaseException | None) -> BaseException | None:
+    """``cause`` and the errors behind it without their tracebacks. They are only the
+    translated error's explanation (its type and message; the proxy logs no tracebacks of
+    upstream failures), while their frames, each holding its caller's, reach the request's
+    body; and aiohttp keeps a failed connection's error in a local of a frame of its
+    traceback: a reference cycle per failed request, its body with it, until the cyclic
+    collector came (proxy/heap.py)."""
+    seen: set[int] = set()
+    pending = [cause]
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        error.__traceback__ = None
+        pending += (error.__cause__, error.__context__)
+    return cause
 
 
 DONE = object()  # what a ``parse`` function returns for the end-of-stream marker
