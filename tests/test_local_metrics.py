@@ -54,7 +54,9 @@ def exposition(
     text = generate_latest(registry).decode()
     # Each series' _created is the time it was made: equal up to when each side made it.
     return [
-        line.rsplit(" ", 1)[0] + " <time>" if "_created" in line and "{" in line else line
+        line.rsplit(" ", 1)[0] + " <time>"
+        if line.split("{")[0].split(" ")[0].endswith("_created")
+        else line
         for line in text.splitlines()
     ]
 
@@ -130,3 +132,47 @@ def test_one_process_uses_its_own_series_workers_prometheus_clients(
     assert isinstance(metrics.chunk_gap, Histogram)
     assert isinstance(metrics.requests, Counter)
     assert isinstance(metrics.in_flight, Gauge)
+
+
+def test_metrics_without_labels_are_written_before_anything_changed_them() -> None:
+    for kind in ("counter", "gauge", "histogram"):
+        mine = exposition(ours, kind, [], labels=())
+        assert mine == exposition(theirs, kind, [], labels=())
+        assert any(line.startswith("proxy_") and "{" not in line for line in mine), kind
+
+
+def test_label_values_are_checked_and_converted_as_prometheus_client_does() -> None:
+    changes: list[Change] = [((200, "up"), "inc", 1), (("200", "up"), "inc", 1)]  # type: ignore[list-item]
+    mine = exposition(ours, "counter", changes)
+    assert mine == exposition(theirs, "counter", changes)
+    assert 'proxy_things_total{model="200",upstream="up"} 2.0' in mine
+    for make in (ours, theirs):
+        for kind in ("counter", "gauge", "histogram"):
+            with pytest.raises(ValueError):
+                make(kind, CollectorRegistry(), LABELS).labels("only one")
+
+
+def test_large_bounds_and_nan_are_written_as_prometheus_client_writes_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("tests.test_local_metrics.GAP_BUCKETS", (0.5, 1e6, 2.5e7))
+    changes: list[Change] = [(("m", "up"), "observe", v) for v in (1.0, 1e6, 3e7, float("nan"))]
+    mine = exposition(ours, "histogram", changes)
+    assert mine == exposition(theirs, "histogram", changes)
+    assert any('le="1e+06"' in line for line in mine)
+
+
+def test_created_series_off_as_prometheus_client_is_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``PROMETHEUS_DISABLE_CREATED_SERIES``: prometheus-client reads it when imported (this
+    process imported it long ago: its own switch stands for the variable here)."""
+    import prometheus_client
+
+    monkeypatch.setenv("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
+    prometheus_client.disable_created_metrics()
+    try:
+        for kind, changes in (CASES["counter"], CASES["histogram-several"]):
+            mine = exposition(ours, kind, changes)
+            assert mine == exposition(theirs, kind, changes)
+            assert not any("_created" in line for line in mine)
+    finally:
+        prometheus_client.enable_created_metrics()

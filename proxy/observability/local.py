@@ -18,6 +18,7 @@ instead.
 
 from __future__ import annotations
 
+import os
 import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,15 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+
+def created_series() -> bool:
+    """Whether counters and histograms write their ``_created`` samples: as prometheus-client
+    decides from ``PROMETHEUS_DISABLE_CREATED_SERIES`` (its ``disable_created_metrics()``,
+    a switch in its private state, is not seen here)."""
+    disabled = os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "False").lower()
+    return disabled not in ("true", "1", "t")
 
 
 class CounterSeries:
@@ -78,8 +88,10 @@ class HistogramSeries:
         self.created = time.time()
 
     def observe(self, value: float) -> None:
-        # bisect_left: a value equal to a bound counts in that bound's bucket ("le").
-        self.counts[bisect_left(self.bounds, value)] += 1
+        # bisect_left: a value equal to a bound counts in that bound's bucket ("le"). NaN is
+        # in no bucket (it is not <= any bound), as prometheus-client counts it.
+        if value == value:
+            self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
 
@@ -94,6 +106,13 @@ class _Family(Collector, Generic[S]):
         self.documentation = documentation
         self.label_names = list(labels)
         self.series: dict[tuple[str, ...], S] = {}
+        self.created = created_series()
+
+    def _unlabelled(self) -> None:
+        """A metric without labels has its one series from the start (written as 0 before
+        anything changed it), as prometheus-client's."""
+        if not self.label_names:
+            self.labels()
 
     def _new(self) -> S:
         raise NotImplementedError
@@ -102,7 +121,10 @@ class _Family(Collector, Generic[S]):
         """The series of one label set (``Metrics.child`` caches it, as for the others)."""
         found = self.series.get(values)
         if found is None:
-            found = self.series[values] = self._new()
+            if len(values) != len(self.label_names):  # checked as prometheus-client does
+                raise ValueError(f"{self.name}: {len(values)} label values, not the names'")
+            values = tuple(str(value) for value in values)
+            found = self.series.setdefault(values, self._new())
         return found
 
     def _family(self) -> Metric:
@@ -122,6 +144,10 @@ class _Family(Collector, Generic[S]):
 
 
 class LocalCounter(_Family[CounterSeries]):
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        super().__init__(name, documentation, labels)
+        self._unlabelled()
+
     def _new(self) -> CounterSeries:
         return CounterSeries()
 
@@ -130,11 +156,15 @@ class LocalCounter(_Family[CounterSeries]):
 
     def _add(self, family: Metric, values: list[str], series: CounterSeries) -> None:
         assert isinstance(family, CounterMetricFamily)
-        family.add_metric(values, series.value, created=series.created)
+        family.add_metric(values, series.value, created=series.created if self.created else None)
 
 
 class LocalGauge(_Family[GaugeSeries]):
     """A gauge; one without labels is set directly (``gauge.set(n)``), as prometheus-client's."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        super().__init__(name, documentation, labels)
+        self._unlabelled()
 
     def _new(self) -> GaugeSeries:
         return GaugeSeries()
@@ -157,8 +187,10 @@ class LocalHistogram(_Family[HistogramSeries]):
         super().__init__(name, documentation, labels)
         self.bounds = tuple(float(bound) for bound in buckets)
         # Each bucket's ``le`` as prometheus-client writes it for its own histograms (``0.001``,
-        # ``1.0``), so a dashboard sees the same series either way.
-        self.edges = [repr(bound) for bound in self.bounds] + ["+Inf"]
+        # ``1.0``, ``1e+06``), so a dashboard sees the same series either way.
+        edges = [floatToGoString(bound) for bound in self.bounds]  # type: ignore[no-untyped-call]
+        self.edges = [*edges, "+Inf"]
+        self._unlabelled()
 
     def _new(self) -> HistogramSeries:
         return HistogramSeries(self.bounds)
@@ -173,5 +205,6 @@ class LocalHistogram(_Family[HistogramSeries]):
             total += count
             buckets.append((edge, float(total)))
         family.add_metric(values, buckets, series.sum)
-        labels = dict(zip(self.label_names, values, strict=True))
-        family.add_sample(f"{self.name}_created", labels, series.created)
+        if self.created:
+            labels = dict(zip(self.label_names, values, strict=True))
+            family.add_sample(f"{self.name}_created", labels, series.created)
