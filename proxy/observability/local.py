@@ -107,11 +107,7 @@ class _Family(Collector, Generic[S]):
         self.label_names = list(labels)
         self.series: dict[tuple[str, ...], S] = {}
         self.created = created_series()
-
-    def _unlabelled(self) -> None:
-        """A metric without labels has its one series from the start (written as 0 before
-        anything changed it), as prometheus-client's."""
-        if not self.label_names:
+        if not self.label_names:  # its one series from the start (0), as prometheus-client's
             self.labels()
 
     def _new(self) -> S:
@@ -144,10 +140,6 @@ class _Family(Collector, Generic[S]):
 
 
 class LocalCounter(_Family[CounterSeries]):
-    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
-        super().__init__(name, documentation, labels)
-        self._unlabelled()
-
     def _new(self) -> CounterSeries:
         return CounterSeries()
 
@@ -161,10 +153,6 @@ class LocalCounter(_Family[CounterSeries]):
 
 class LocalGauge(_Family[GaugeSeries]):
     """A gauge; one without labels is set directly (``gauge.set(n)``), as prometheus-client's."""
-
-    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
-        super().__init__(name, documentation, labels)
-        self._unlabelled()
 
     def _new(self) -> GaugeSeries:
         return GaugeSeries()
@@ -184,13 +172,12 @@ class LocalHistogram(_Family[HistogramSeries]):
     def __init__(
         self, name: str, documentation: str, labels: Sequence[str], buckets: Sequence[float]
     ) -> None:
-        super().__init__(name, documentation, labels)
-        self.bounds = tuple(float(bound) for bound in buckets)
+        self.bounds = tuple(float(bound) for bound in buckets)  # before a first series
         # Each bucket's ``le`` as prometheus-client writes it for its own histograms (``0.001``,
         # ``1.0``, ``1e+06``), so a dashboard sees the same series either way.
         edges = [floatToGoString(bound) for bound in self.bounds]  # type: ignore[no-untyped-call]
         self.edges = [*edges, "+Inf"]
-        self._unlabelled()
+        super().__init__(name, documentation, labels)
 
     def _new(self) -> HistogramSeries:
         return HistogramSeries(self.bounds)
