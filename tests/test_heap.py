@@ -32,7 +32,7 @@ from proxy.app import ProxyApp
 from proxy.asgi import APP_SEND
 from proxy.settings import Settings
 from tests.fake_upstream import Recorded, Reply, completion, serve_fake
-from tests.helpers import echo_settings, free_port, run_server
+from tests.helpers import echo_settings, eventually, free_port, run_server
 
 KEY = "sk-heap-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -41,7 +41,19 @@ LIMITED = [
     {"name": "none-left", "key": "sk-heap-zero", "rpm": 0},
 ]
 PAD = "heap-pad-" * 20_000  # 180 KB in every request's body: found if anything keeps it
-OURS = ("proxy.", "uvicorn.", "aiohttp.", "aiohappyeyeballs.", "starlette.", "fastapi.")
+MARK = b"heap-pad-heap-pad-"
+OURS = (
+    "proxy.",
+    "uvicorn.",
+    "aiohttp.",
+    "aiohappyeyeballs.",
+    "starlette.",
+    "fastapi.",
+    "httpx.",
+    "httpcore.",
+    "anyio.",
+    "python_multipart.",
+)
 
 
 def left_in_cycles(make_requests: Callable[[], None]) -> list[str]:
@@ -57,12 +69,11 @@ def left_in_cycles(make_requests: Callable[[], None]) -> list[str]:
         gc.collect()
         found = {f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage}
         found = {name for name in found if name.startswith(OURS)}
-        pad = PAD.encode()[:1000]
-        for o in gc.garbage:
+        for o in gc.garbage:  # the body, whole or in pieces, in what only the collector frees
             for held in (o, *gc.get_referents(o)):
-                if isinstance(held, bytes | bytearray | str) and len(held) > 100_000:
+                if isinstance(held, bytes | bytearray | memoryview | str) and len(held) > 1000:
                     text = held.encode() if isinstance(held, str) else bytes(held)
-                    if pad in text:
+                    if MARK in text:
                         found.add("the body")
     finally:
         gc.garbage.clear()
@@ -71,14 +82,16 @@ def left_in_cycles(make_requests: Callable[[], None]) -> list[str]:
     return sorted(found)
 
 
-def post(url: str, body: Any, *, key: str = KEY, stream: bool = False) -> requests.Response:
+def post(
+    url: str, body: Any, *, key: str = KEY, stream: bool = False, done: bool = True
+) -> requests.Response:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     response = requests.post(f"{url}/v1/chat/completions", data=data, headers=headers, stream=True)
     with response:
         lines = [line for line in response.iter_lines() if line]
         if stream and response.status_code == 200:
-            assert lines[-1] == b"data: [DONE]"
+            assert (lines[-1] == b"data: [DONE]") is done, lines[-1]
     return response
 
 
@@ -87,7 +100,11 @@ def chat(model: str, stream: bool = False, content: str = PAD) -> dict[str, Any]
 
 
 async def upstream(request: Recorded, reply: Reply) -> None:
-    """Answers by the upstream model asked for: ``ok``, ``fail`` (500) or ``silent``."""
+    """Answers by the upstream model asked for: ``ok``, ``fail`` (500), ``silent``, ``stall``
+    or ``cut`` (one chunk, then silence or a reset). Uploads: 500."""
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        await reply.json(500, {"error": {"message": "boom", "type": "server_error"}})
+        return
     body = request.json()
     if body["model"] == "fail":
         await reply.json(500, {"error": {"message": "boom", "type": "server_error"}})
@@ -104,6 +121,12 @@ async def upstream(request: Recorded, reply: Reply) -> None:
     chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "x"}
     chunk["choices"] = [{"index": 0, "delta": {"content": "hello"}, "finish_reason": None}]
     await reply.send(f"data: {json.dumps(chunk)}\n\n".encode())
+    if body["model"] == "stall":  # mid-stream: the idle timeout
+        await reply.until_closed(5)
+        return
+    if body["model"] == "cut":  # mid-stream: a reset
+        reply.reset()
+        return
     chunk["choices"] = [{"index": 0, "delta": {}, "finish_reason": "stop"}]
     await reply.send(f"data: {json.dumps(chunk)}\n\n".encode())
     await reply.send(b"data: [DONE]\n\n")
@@ -119,17 +142,24 @@ def proxy() -> Iterator[str]:
         settings = Settings(
             upstreams={
                 "echo": {"type": "echo", "delay_ms": 0, "chunk": "word"},
+                "slow": {"type": "echo", "delay_ms": 20, "chunk": "word"},
                 "up": {"type": "openai", "base_url": fake.url, "timeouts": {"idle": 0.3}},
                 "dead": {"type": "openai", "base_url": dead},
             },
             models={
                 "echo": {"upstream": "echo"},
+                "slow": {"upstream": "slow"},
                 "ok": {"upstream": "up", "model": "ok"},
+                "stall": {"upstream": "up", "model": "stall"},
+                "cut": {"upstream": "up", "model": "cut"},
                 "fail": {"upstream": "up", "model": "fail"},
                 "silent": {"upstream": "up", "model": "silent"},
                 "dead": {"upstream": "dead"},
-                "failover": {
-                    "deployments": [{"upstream": "dead"}, {"upstream": "up", "model": "ok"}],
+                "failover": {  # the refused one first (all but certainly), then the good one
+                    "deployments": [
+                        {"upstream": "dead", "weight": 1e9},
+                        {"upstream": "up", "model": "ok", "weight": 1e-9},
+                    ],
                     "strategy": "weighted",
                 },
                 "fallback": {"upstream": "up", "model": "fail", "fallbacks": ["ok"]},
@@ -148,15 +178,23 @@ def proxy() -> Iterator[str]:
             yield url
 
 
+def disconnects(url: str) -> float:
+    text = requests.get(f"{url}/metrics").text
+    found = [line for line in text.splitlines() if line.startswith("proxy_client_disconnects")]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in found if "_created" not in line)
+
+
 def disconnect(url: str) -> None:
+    before = disconnects(url)
     response = requests.post(
         f"{url}/v1/chat/completions",
-        json=chat("echo", True, "word " * 300),
+        json=chat("slow", True, "word " * 300),
         headers=AUTH,
         stream=True,
     )
     next(response.iter_lines())
-    response.close()  # gone mid-stream
+    response.close()  # gone mid-stream (300 words at 20 ms each: 6 s left)
+    assert eventually(lambda: disconnects(url) > before)
 
 
 def other_apis(url: str) -> None:
@@ -167,14 +205,17 @@ def other_apis(url: str) -> None:
     assert requests.post(f"{url}/v1/messages", json=messages, headers=AUTH).status_code == 200
 
 
-def upload(url: str) -> None:
-    response = requests.post(
-        f"{url}/v1/audio/transcriptions",
-        data={"model": "echo"},
-        files={"file": ("a.txt", PAD.encode())},
-        headers=AUTH,
-    )
-    assert response.status_code == 200, response.text
+def upload(model: str | None, status: int) -> Callable[[str], None]:
+    def request(url: str) -> None:
+        response = requests.post(
+            f"{url}/v1/audio/transcriptions",
+            data={"model": model} if model else {},
+            files={"file": ("a.txt", PAD.encode())},
+            headers=AUTH,
+        )
+        assert response.status_code == status, response.text
+
+    return request
 
 
 def expect(status: int, body: Any, **options: Any) -> Callable[[str], None]:
@@ -192,13 +233,17 @@ CASES: dict[str, Callable[[str], None]] = {
     "upstream stream": expect(200, chat("ok", True), stream=True),
     "client disconnect": disconnect,
     "other APIs": other_apis,
-    "upload": upload,
+    "upload": upload("echo", 200),
+    "upload, upstream 500": upload("fail", 500),
+    "upload without a model": upload(None, 400),
     "upstream 500": expect(500, chat("fail")),
     "upstream 500, stream": expect(500, chat("fail", True)),
     "connection refused": expect(502, chat("dead")),
     "failover": expect(200, chat("failover")),
     "fallback": expect(200, chat("fallback")),
     "idle timeout": expect(504, chat("silent")),
+    "idle timeout mid-stream": expect(200, chat("stall", True), stream=True, done=False),
+    "reset mid-stream": expect(200, chat("cut", True), stream=True, done=False),
     "bad JSON": expect(400, b'{"model": "echo", "pad": "' + PAD.encode()),
     "bad key": expect(401, chat("echo"), key="sk-wrong"),
     "over a limit": expect(429, chat("echo"), key="sk-heap-zero"),

@@ -5,6 +5,7 @@ with its time, so the tests assert attempts, the gaps between them and who answe
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -19,6 +20,7 @@ import pytest
 import requests
 
 from proxy import Settings, create_app
+from proxy.errors import InvalidRequest
 from tests.fake_upstream import serve_fake
 from tests.fault_upstream import (
     Faults,
@@ -523,3 +525,25 @@ def test_access_line_and_metrics_record_every_attempt(caplog: pytest.LogCaptureF
         if '"usage"' in x and x.startswith("data: {")
     ]
     assert [u["usage"]["total_tokens"] for u in usage if u.get("usage")] == [5]  # counted once
+
+
+def test_a_plan_raises_its_end_once_then_says_it_has_ended() -> None:
+    """A plan lets go of the error that ends it when it raises it (kept, its traceback's
+    frames would hold the plan: a cycle per failed request, tests/test_heap.py); iterated
+    again, it neither tries again nor invents another error."""
+    from proxy.services import Services
+
+    settings = Settings(upstreams={"echo": {"type": "echo"}}, models={"m": {"upstream": "echo"}})
+    router = Services.build(settings).router
+
+    async def run() -> None:
+        plan = router.plan("m")
+        attempt = await plan.__anext__()
+        plan.failed(attempt, InvalidRequest("no", param="messages"))  # never retried
+        with pytest.raises(InvalidRequest, match="no"):
+            await plan.__anext__()
+        with pytest.raises(RuntimeError, match="has ended"):
+            await plan.__anext__()
+        assert len(plan.attempts) == 1  # no second attempt was made
+
+    asyncio.run(run())

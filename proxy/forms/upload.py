@@ -151,6 +151,9 @@ class Upload:
         """The request is over: free what is held (the temporary file goes with it)."""
         self._body.close()
         self._held.close()
+        # Raised, the failure's traceback holds frames that hold this upload: kept, a cycle
+        # (with what was read) for the collector, proxy/heap.py.
+        self.failure = None
 
     async def _next(self) -> Event | None:
         """The next part event; None at the end of the body."""

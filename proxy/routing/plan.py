@@ -89,6 +89,7 @@ class Plan:
     """See the module docstring. One per request; ``Router.plan`` makes it."""
 
     __slots__ = (
+        "_ended",
         "_excluded",
         "_in_model",
         "_index",
@@ -129,13 +130,14 @@ class Plan:
         self._excluded: set[int] = set()
         self._last: ProxyError | None = None
         self._stop: ProxyError | None = None
+        self._ended = False
 
     def __aiter__(self) -> Plan:
         return self
 
     async def __anext__(self) -> Attempt:
         while True:
-            if self._stop is not None or self._index >= len(self.chain):
+            if self._stop is not None or self._index >= len(self.chain) or self._ended:
                 self._end()
             model = self.chain[self._index]
             deployment = self._candidate(model)
@@ -150,7 +152,11 @@ class Plan:
     def _end(self) -> NoReturn:
         """Raise the error that ends the plan, holding it no longer: the plan is in the
         raising frames, so kept, it would make each failed request a reference cycle (its
-        frames and body left for the cyclic collector, ``proxy/heap.py``)."""
+        frames and body left for the cyclic collector, ``proxy/heap.py``). A plan ends once:
+        iterated again, it says so rather than try again."""
+        if self._ended:
+            raise RuntimeError("this routing plan has ended; a request makes a new one")
+        self._ended = True
         error = self._stop or self._last or self._resting()
         self._stop = self._last = None
         try:

@@ -85,7 +85,10 @@ async def send_form(
                 timeouts = client.timeouts
                 response = await client.wire.send(url, headers, body, timeouts, transfer.method)
     except ProxyError as error:
-        raise _final(form.failure or pace.error(error), form) from error
+        final = _final(form.failure or pace.error(error), form)
+        if final is error:
+            raise  # as it was: raised "from" itself, it would be its own cause, a cycle
+        raise final from error
     finally:
         pace.timer = None
     try:
@@ -93,7 +96,8 @@ async def send_form(
             await client._check(response)  # the status and encoding checks of every request
     except ProxyError as error:
         await response.aclose()
-        raise _final(error, form) from error
+        _final(error, form)
+        raise
     except BaseException:
         await response.aclose()
         raise
