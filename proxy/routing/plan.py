@@ -205,7 +205,7 @@ class Plan:
         self._record(attempt, str(error.kind or "error"))
         # Kept without its traceback, whose frames hold this plan: a reference cycle (with the
         # request's body) left for the cyclic collector otherwise (proxy/heap.py). If it ends
-        # the plan, it is raised again from here (``_end``), with a traceback of its own.
+        # the plan, ``_end`` raises it again, with a traceback of its own.
         self._last = error.with_traceback(None)
         if error.retry is Retry.RETRY:
             deployment.breaker.failed()
