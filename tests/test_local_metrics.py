@@ -176,3 +176,28 @@ def test_created_series_off_as_prometheus_client_is_told(monkeypatch: pytest.Mon
             assert not any("_created" in line for line in mine)
     finally:
         prometheus_client.enable_created_metrics()
+
+
+def test_histogram_buckets_and_named_labels_as_prometheus_client_takes_them() -> None:
+    def histogram(mine: bool, buckets: tuple[float, ...], labels: tuple[str, ...]) -> Any:
+        registry = CollectorRegistry()
+        if not mine:
+            return registry, Histogram("proxy_h", "doc", labels, buckets=buckets, registry=registry)
+        metric = LocalHistogram("proxy_h", "doc", labels, buckets)
+        registry.register(metric)
+        return registry, metric
+
+    for mine in (True, False):
+        for bad_buckets, labels in (((2.0, 1.0), LABELS), ((1.0,), ("le",))):
+            with pytest.raises(ValueError):
+                histogram(mine, bad_buckets, labels)
+    texts = []
+    for mine in (True, False):  # buckets ending in +Inf; labels by position and by name
+        registry, metric = histogram(mine, (1.0, float("inf")), LABELS)
+        metric.labels("m", "up").observe(0.5)
+        metric.labels("m", "up").observe(9.0)
+        metric.labels(model="n", upstream="other").observe(2.0)
+        text = generate_latest(registry).decode().splitlines()
+        texts.append([line for line in text if "_created" not in line])
+    assert texts[0] == texts[1]
+    assert sum('le="+Inf"' in line for line in texts[0]) == 2  # one per series, not two

@@ -113,8 +113,13 @@ class _Family(Collector, Generic[S]):
     def _new(self) -> S:
         raise NotImplementedError
 
-    def labels(self, *values: str) -> S:
-        """The series of one label set (``Metrics.child`` caches it, as for the others)."""
+    def labels(self, *values: str, **named: str) -> S:
+        """The series of one label set, by position or by name (``Metrics.child`` caches it,
+        as for the others)."""
+        if named:
+            if values or set(named) != set(self.label_names):
+                raise ValueError(f"{self.name}: label names {sorted(named)}, not the metric's")
+            values = tuple(named[name] for name in self.label_names)
         found = self.series.get(values)
         if found is None:
             if len(values) != len(self.label_names):  # checked as prometheus-client does
@@ -172,7 +177,14 @@ class LocalHistogram(_Family[HistogramSeries]):
     def __init__(
         self, name: str, documentation: str, labels: Sequence[str], buckets: Sequence[float]
     ) -> None:
-        self.bounds = tuple(float(bound) for bound in buckets)  # before a first series
+        bounds = [float(bound) for bound in buckets]
+        if bounds and bounds[-1] == float("inf"):
+            bounds.pop()  # "+Inf" is always there (below), as prometheus-client adds it
+        if bounds != sorted(bounds) or not bounds:  # as prometheus-client refuses them
+            raise ValueError(f"{name}: buckets must be in order, with one below +Inf")
+        if "le" in labels:
+            raise ValueError(f"{name}: a histogram cannot have a label named le")
+        self.bounds = tuple(bounds)  # before a first series
         # Each bucket's ``le`` as prometheus-client writes it for its own histograms (``0.001``,
         # ``1.0``, ``1e+06``), so a dashboard sees the same series either way.
         edges = [floatToGoString(bound) for bound in self.bounds]  # type: ignore[no-untyped-call]
