@@ -17,7 +17,7 @@ was in flight and finding nothing. That was some 15 µs of every request, a twen
 CPU (bench, non-stream c=16, 15 s: 3,700 young collections, 0.68 s of CPU in all generations;
 with a threshold of 10,000: 13 young collections, 0.08 s). A collection walks only the young
 objects that are still alive, so a higher threshold makes them rarer without making one longer
-than the objects in flight (about 1.5 ms at most, measured). Whatever still makes a cycle
+than the objects in flight (about 1.5 ms each, measured). Whatever still makes a cycle
 (a library's own, an error not seen in the tests) waits longer for its collection: a cycle
 that holds a request's body holds it longer too, which is why the tests look for bodies in
 what the collector finds. The older generations keep their thresholds.
