@@ -33,6 +33,7 @@ from proxy.asgi import APP_SEND
 from proxy.settings import Settings
 from tests.fake_upstream import Recorded, Reply, completion, serve_fake
 from tests.helpers import echo_settings, eventually, free_port, run_server
+from tests.test_observability import samples_of, value
 
 KEY = "sk-heap-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -179,9 +180,8 @@ def proxy() -> Iterator[str]:
 
 
 def disconnects(url: str) -> float:
-    text = requests.get(f"{url}/metrics").text
-    found = [line for line in text.splitlines() if line.startswith("proxy_client_disconnects")]
-    return sum(float(line.rsplit(" ", 1)[1]) for line in found if "_created" not in line)
+    samples = samples_of(requests.get(f"{url}/metrics").text)  # requests: no httpx in the count
+    return value(samples, "proxy_client_disconnects_total", model="slow", upstream="slow")
 
 
 def disconnect(url: str) -> None:

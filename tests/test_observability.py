@@ -30,13 +30,21 @@ USAGE = b'data: {"id":"up-1","object":"chat.completion.chunk","created":1,"model
 MESSAGES = [{"role": "user", "content": "a secret plan"}]
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
     """Every sample of /metrics as {(name, sorted labels): value}."""
     response = httpx.get(f"{url}/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
+    return samples_of(response.text)
+
+
+def samples_of(text: str) -> Samples:
+    """Every sample of a /metrics text as {(name, sorted labels): value}."""
     samples = {}
-    for family in text_string_to_metric_families(response.text):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples

@@ -17,12 +17,12 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import create_app
 from proxy.settings import Settings
 from tests.helpers import eventually, free_port, proxy_for, run_server, upstream_settings
 from tests.test_forms import form, spool_descriptors
+from tests.test_observability import scrape
 from tests.test_uploads import (
     TRANSCRIBE,
     big_form,
@@ -414,12 +414,7 @@ def test_uploads_have_chats_metrics_and_access_log(caplog: pytest.LogCaptureFixt
             f"{url}{TRANSCRIBE}", data=GOOD, headers={"content-type": KIND}, timeout=10
         ).ok
         assert eventually(lambda: any(r.name == "proxy.access" for r in caplog.records))
-        metrics = requests.get(f"{url}/metrics", timeout=10).text
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(metrics)
-        for s in family.samples
-    }
+        samples = scrape(url)
     labels = (("model", "m"), ("status", "200"), ("stream", "false"), ("upstream", "up"))
     assert samples[("proxy_requests_total", labels)] == 1
     assert (
