@@ -96,10 +96,14 @@ class HistogramSeries:
 
 
 S = TypeVar("S", CounterSeries, GaugeSeries, HistogramSeries)
+F = TypeVar("F", CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily)
 
 
-class _Family(Collector, Generic[S]):
-    """The series of one metric by label values, collected as one Prometheus metric."""
+class _Family(Collector, Generic[S, F]):
+    """The series of one metric by label values, collected as one Prometheus metric of the
+    ``family`` kind."""
+
+    family: type[F]
 
     def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
         self.name = name
@@ -128,8 +132,8 @@ class _Family(Collector, Generic[S]):
             found = self.series.setdefault(values, self._new())
         return found
 
-    def _family(self) -> Metric:
-        raise NotImplementedError
+    def _family(self) -> F:
+        return self.family(self.name, self.documentation, labels=self.label_names)
 
     def describe(self) -> Iterator[Metric]:
         yield self._family()
@@ -140,24 +144,24 @@ class _Family(Collector, Generic[S]):
             self._add(family, list(values), series)
         yield family
 
-    def _add(self, family: Metric, values: list[str], series: S) -> None:
+    def _add(self, family: F, values: list[str], series: S) -> None:
         raise NotImplementedError
 
 
-class LocalCounter(_Family[CounterSeries]):
+class LocalCounter(_Family[CounterSeries, CounterMetricFamily]):
+    family = CounterMetricFamily
+
     def _new(self) -> CounterSeries:
         return CounterSeries()
 
-    def _family(self) -> Metric:
-        return CounterMetricFamily(self.name, self.documentation, labels=self.label_names)
-
-    def _add(self, family: Metric, values: list[str], series: CounterSeries) -> None:
-        assert isinstance(family, CounterMetricFamily)
+    def _add(self, family: CounterMetricFamily, values: list[str], series: CounterSeries) -> None:
         family.add_metric(values, series.value, created=series.created if self.created else None)
 
 
-class LocalGauge(_Family[GaugeSeries]):
+class LocalGauge(_Family[GaugeSeries, GaugeMetricFamily]):
     """A gauge; one without labels is set directly (``gauge.set(n)``), as prometheus-client's."""
+
+    family = GaugeMetricFamily
 
     def _new(self) -> GaugeSeries:
         return GaugeSeries()
@@ -165,15 +169,13 @@ class LocalGauge(_Family[GaugeSeries]):
     def set(self, value: float) -> None:
         self.labels().set(value)
 
-    def _family(self) -> Metric:
-        return GaugeMetricFamily(self.name, self.documentation, labels=self.label_names)
-
-    def _add(self, family: Metric, values: list[str], series: GaugeSeries) -> None:
-        assert isinstance(family, GaugeMetricFamily)
+    def _add(self, family: GaugeMetricFamily, values: list[str], series: GaugeSeries) -> None:
         family.add_metric(values, series.value)
 
 
-class LocalHistogram(_Family[HistogramSeries]):
+class LocalHistogram(_Family[HistogramSeries, HistogramMetricFamily]):
+    family = HistogramMetricFamily
+
     def __init__(
         self, name: str, documentation: str, labels: Sequence[str], buckets: Sequence[float]
     ) -> None:
@@ -194,11 +196,9 @@ class LocalHistogram(_Family[HistogramSeries]):
     def _new(self) -> HistogramSeries:
         return HistogramSeries(self.bounds)
 
-    def _family(self) -> Metric:
-        return HistogramMetricFamily(self.name, self.documentation, labels=self.label_names)
-
-    def _add(self, family: Metric, values: list[str], series: HistogramSeries) -> None:
-        assert isinstance(family, HistogramMetricFamily)
+    def _add(
+        self, family: HistogramMetricFamily, values: list[str], series: HistogramSeries
+    ) -> None:
         total, buckets = 0, []
         for edge, count in zip(self.edges, list(series.counts), strict=True):
             total += count

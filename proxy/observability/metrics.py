@@ -189,7 +189,8 @@ class Metrics:
         return collector
 
     def child(self, metric: Any, *labels: str) -> Any:
-        """``metric.labels(*labels)``, cached: ``labels()`` takes a lock and converts values."""
+        """``metric.labels(*labels)``, cached: prometheus-client's ``labels()`` takes a lock and
+        converts values (the local instruments' would not need it; one path serves both)."""
         key = (metric, *labels)
         found = self._children.get(key)
         if found is None:
