@@ -8,9 +8,11 @@ the cross-process tests run the limiter in separate OS processes sharing that se
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing
 import os
 import random
+import re
 import statistics
 import time
 import uuid
@@ -120,10 +122,19 @@ def _duration_general(seconds: float) -> str:
     return f"{minutes}m{text}" if minutes else text
 
 
-def test_durations_under_a_minute_take_a_short_way_to_the_same_text() -> None:
+def test_durations_take_a_short_way_to_the_same_text() -> None:
+    """``duration`` rounds to milliseconds from ``x * 1000`` and asks ``round(x, 3)`` only near
+    a tie: on random values, on every kind of tie up to a day and on the floats either side
+    of each, it must write what the general way writes."""
     rng = random.Random(7)
     values = [rng.uniform(0.5, 121) for _ in range(20_000)]
+    values += [rng.uniform(0, 86_400) for _ in range(5_000)]
     values += [k / 2000 for k in range(1990, 2010)] + [k / 2000 for k in range(119_980, 120_020)]
+    ties = [rng.randrange(1, 86_400 * 2000) / 2000 for _ in range(5_000)]
+    values += (
+        ties + [math.nextafter(t, 0) for t in ties] + [math.nextafter(t, math.inf) for t in ties]
+    )
+    values += [rng.randrange(1, 86_400 * 10**6) / 10**6 for _ in range(5_000)]  # Redis's µs
     assert [duration(v) for v in values] == [_duration_general(v) for v in values]
 
 
@@ -621,24 +632,43 @@ def test_cost_of_1000_admissions(make_backend: MakeBackend, request: pytest.Fixt
     assert p50 < 0.05
 
 
-def test_grant_ids_are_unique_per_process_even_after_a_fork() -> None:
-    """Ids are a per-process random prefix and a counter: a child forked after the limiter was
-    built must not hand out the parent's next ids (they name entries shared in Redis)."""
+def test_grant_names_are_unique_per_process_even_after_a_fork() -> None:
+    """A shared backend names a grant by a per-process random prefix and its number: a child
+    forked after the limiter was built must not name its grants as the parent does (the names
+    key entries shared in Redis)."""
     ids = Ids()
-    first, second = ids(), ids()
+    first, second = ids(0), ids(1)
     assert first != second and first.split("-")[0] == second.split("-")[0]
     reader, writer = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: write its next id and leave at once
-        os.write(writer, ids().encode())
+    if pid == 0:  # the child: write the name of its next grant and leave at once
+        os.write(writer, ids(2).encode())
         os._exit(0)
     os.close(writer)
     child = os.read(reader, 100).decode()
     os.waitpid(pid, 0)
     os.close(reader)
-    parent = ids()
+    parent = ids(2)
     assert child.split("-")[0] != parent.split("-")[0], (child, parent)
     assert len({first, second, child, parent}) == 4
+
+
+def test_a_limiter_numbers_its_grants_and_redis_names_them_apart() -> None:
+    """Grants are numbered per Limiter; the Redis backend's names for them carry its
+    process's prefix (what the scripts store), the memory backend uses the numbers."""
+
+    async def main() -> None:
+        lim = Limiter(MemoryBackend())
+        first = await lim.admit("k", KeyLimits(max_parallel=5), 1)
+        second = await lim.admit("k", KeyLimits(max_parallel=5), 1)
+        assert first._grant is not None and second._grant is not None
+        assert (first._grant.id, second._grant.id) == (0, 1)
+        backend = RedisBackend("redis://127.0.0.1:1/0")
+        names = {backend._ids(first._grant.id), backend._ids(second._grant.id)}
+        assert len(names) == 2 and all(re.fullmatch(r"[0-9a-f]{16}-[01]", n) for n in names)
+        await backend.aclose()
+
+    run(main())
 
 
 class _Reference(MemoryBackend):
@@ -671,7 +701,7 @@ def test_the_memory_backends_hot_path_answers_as_its_parts_do() -> None:
                 continue
             limits = KeyLimits(rng.choice(choices), rng.choice(choices), rng.choice(choices))
             key, tokens = rng.choice("ab"), rng.randint(1, 20)
-            a, b = Grant(key, limits, tokens, str(step)), Grant(key, limits, tokens, str(step))
+            a, b = Grant(key, limits, tokens, step), Grant(key, limits, tokens, step)
             decided = await fast.admit(a)
             assert decided == await slow.admit(b), step
             if decided.admitted:

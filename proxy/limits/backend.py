@@ -7,13 +7,13 @@ translate every failure of their store into ``BackendUnavailable`` and never ret
 own: the Limiter's breaker and ``on_backend_error`` decide what a failure means.
 
 Who owns what: the Limiter creates a ``Grant`` per admission and hands the same object back
-to ``settle``; a backend whose parallel slots are leases (``lease`` is not None) relies on
-the Limiter's heartbeat to ``renew`` the slots of the grants still running.
+to ``settle``; a backend serves one Limiter, which closes it; a backend whose parallel slots
+are leases (``lease`` is not None) relies on the Limiter's heartbeat to ``renew`` the slots of
+the grants still running.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,11 +24,12 @@ from proxy.limits.policy import KeyLimits
 
 
 class Ids:
-    """Grant ids unique across the processes and machines sharing a backend: 64 random bits
-    drawn once per process (each Limiter draws its own, and a forked child draws again), then
-    a counter, instead of eight fresh random bytes (a system call) on every admission."""
+    """Names for grants in a store shared by processes and machines: 64 random bits drawn once
+    per process (each backend draws its own, and a forked child draws again), then the grant's
+    number, instead of eight fresh random bytes (a system call) on every admission. Only a
+    shared backend needs them, and it pays for the fork check on a round trip anyway."""
 
-    __slots__ = ("_count", "_pid", "_prefix")
+    __slots__ = ("_pid", "_prefix")
 
     def __init__(self) -> None:
         self._draw()
@@ -36,12 +37,11 @@ class Ids:
     def _draw(self) -> None:
         self._pid = os.getpid()
         self._prefix = os.urandom(8).hex() + "-"
-        self._count = itertools.count()
 
-    def __call__(self) -> str:
+    def __call__(self, number: int) -> str:
         if os.getpid() != self._pid:  # a fork after the app was built: not the parent's ids
             self._draw()
-        return f"{self._prefix}{next(self._count):x}"
+        return f"{self._prefix}{number:x}"
 
 
 # Grant and Decision are made on every admission: read-only by convention, not frozen (a frozen
@@ -49,12 +49,13 @@ class Ids:
 @dataclass(slots=True)
 class Grant:
     """One admission asked for: the key's name (never its secret), its limits, the tokens
-    reserved up front, and an id that names its entries in the backend."""
+    reserved up front, and its number, unique among its Limiter's grants (a shared backend
+    names its entries with ``Ids``, which makes them unique across processes too)."""
 
     key: str
     limits: KeyLimits
     tokens: int
-    id: str
+    id: int
 
 
 @dataclass(slots=True)

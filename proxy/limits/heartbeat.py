@@ -31,7 +31,7 @@ class Heartbeat:
     def __init__(self, renew: Renew, interval: float) -> None:
         self._renew = renew
         self.interval = interval
-        self._live: dict[str, Grant] = {}
+        self._live: dict[int, Grant] = {}
         self._task: asyncio.Task[None] | None = None
 
     def add(self, grant: Grant) -> None:

@@ -21,11 +21,12 @@ upstream refused it).
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from typing import Literal
 
-from proxy.limits.backend import Backend, Decision, Grant, Ids
+from proxy.limits.backend import Backend, Decision, Grant
 from proxy.limits.breaker import Breaker, State
 from proxy.limits.errors import BackendUnavailable, BreakerOpen, LimitsUnavailable, RateLimited
 from proxy.limits.headers import duration, ratelimit_headers, raw_headers, retry_after
@@ -109,7 +110,7 @@ class Limiter:
         self.on_backend_error = on_backend_error
         self.breaker = breaker if breaker is not None else Breaker()
         self.misses = 0  # admissions let through unchecked (allow, backend down)
-        self._ids = Ids()
+        self._numbers = itertools.count()
         self._local = getattr(self.backend, "local", False)  # a test's fake may not say
         lease = self.backend.lease
         self._heartbeat = Heartbeat(self._renew, lease / 3) if lease else None
@@ -125,7 +126,7 @@ class Limiter:
         ``LimitsUnavailable``."""
         if limits.unlimited:
             return Ticket(key)
-        grant = Grant(key, limits, limits.reservation(tokens), self._ids())
+        grant = Grant(key, limits, limits.reservation(tokens), next(self._numbers))
         if self._local:  # in this process's memory: it cannot be down
             decision = await self.backend.admit(grant)
         else:

@@ -25,10 +25,10 @@ class _Log:
 
     def __init__(self) -> None:
         self.requests: deque[float] = deque()
-        self.tokens: deque[tuple[float, str]] = deque()  # (time, id); amounts[id] its charge
-        self.amounts: dict[str, int] = {}
+        self.tokens: deque[tuple[float, int]] = deque()  # (time, id); amounts[id] its charge
+        self.amounts: dict[int, int] = {}
         self.total = 0
-        self.flight: set[str] = set()
+        self.flight: set[int] = set()
 
     def trim(self, edge: float) -> None:
         """Forget what happened at or before ``edge`` (it has left the window)."""
@@ -37,7 +37,7 @@ class _Log:
         while self.tokens and self.tokens[0][0] <= edge:
             self.total -= self.amounts.pop(self.tokens.popleft()[1])
 
-    def charge(self, now: float, entry: str, tokens: int) -> None:
+    def charge(self, now: float, entry: int, tokens: int) -> None:
         self.tokens.append((now, entry))
         self.amounts[entry] = tokens
         self.total += tokens
@@ -75,22 +75,38 @@ class MemoryBackend:
     async def admit(self, grant: Grant) -> Decision:
         now = self._clock()
         log = self._log(grant.key, now)
-        refused = self._refusal(log, grant)
-        if refused is not None:
-            return self._decision(log, grant, now, refused)
-        self._record(log, grant, now)
-        # Admitted (the hot path): ``_decision``'s answer for an admission, without its
-        # general cases (tests/test_limits.py holds the two to the same answers).
-        limits, window = grant.limits, self.window
+        limits = grant.limits
+        rpm, tpm, parallel = limits.rpm, limits.tpm, limits.max_parallel
+        requests, flight = log.requests, log.flight
+        if (
+            (rpm is not None and len(requests) >= rpm)
+            or (tpm is not None and log.total + grant.tokens > tpm)
+            or (parallel is not None and len(flight) >= parallel)
+        ):
+            return self._decision(log, grant, now, self._refusal(log, grant))
+        # Admitted (the hot path, in one pass): ``_record`` and ``_decision``'s answer for an
+        # admission, without their general cases (tests/test_limits.py holds the two to the
+        # same answers).
+        window = self.window
         reset_requests = reset_tokens = 0.0
-        if limits.rpm is not None:
-            reset_requests = max(0.0, log.requests[0] + window - now)
-        if limits.tpm is not None:
-            at = log.tokens_free_at(1)
-            reset_tokens = 0.0 if at is None else max(0.0, at + window - now)
+        if rpm is not None:
+            requests.append(now)
+            reset_requests = requests[0] + window - now
+            reset_requests = reset_requests if reset_requests > 0.0 else 0.0
+        if tpm is not None:
+            log.charge(now, grant.id, grant.tokens)
+            at: float | None
+            at, oldest = log.tokens[0]
+            if log.amounts[oldest] < 1:  # settled at 0: the first charge that frees a token
+                at = log.tokens_free_at(1)
+            if at is not None:
+                reset_tokens = at + window - now
+                reset_tokens = reset_tokens if reset_tokens > 0.0 else 0.0
+        if parallel is not None:
+            flight.add(grant.id)
         # admitted, refused_by, requests, tokens, parallel, reset_requests, reset_tokens
         return Decision(
-            True, None, len(log.requests), log.total, len(log.flight), reset_requests, reset_tokens
+            True, None, len(requests), log.total, len(flight), reset_requests, reset_tokens
         )
 
     def _refusal(self, log: _Log, grant: Grant) -> Reason | None:
@@ -159,7 +175,7 @@ class MemoryBackend:
             log.total += used_tokens - log.amounts[grant.id]
             log.amounts[grant.id] = used_tokens
         elif used_tokens > grant.tokens:  # it left the window already: charge the overrun now
-            log.charge(now, grant.id + "+", used_tokens - grant.tokens)
+            log.charge(now, ~grant.id, used_tokens - grant.tokens)  # ~: no grant's id
 
     async def renew(self, grants: Sequence[Grant]) -> None:
         """Nothing to renew: slots here live until settled."""

@@ -31,7 +31,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from proxy.limits.backend import Decision, Grant
+from proxy.limits.backend import Decision, Grant, Ids
 from proxy.limits.errors import BackendUnavailable, Reason
 from proxy.limits.script import ADMIT, RENEW, SETTLE
 
@@ -68,6 +68,7 @@ class RedisBackend:
         self.prefix = prefix
         self.cluster = cluster
         self._client = _connect(url, timeout, cluster)
+        self._ids = Ids()  # a grant's number is unique in this process; its name, everywhere
         # Calls beyond this many wait for a connection (within their timeout) instead of
         # opening ever more of them: Redis runs scripts one at a time anyway, and redis-py's
         # pools refuse outright past their size (100) rather than wait.
@@ -91,7 +92,7 @@ class RedisBackend:
             _or_none(limits.tpm),
             _or_none(limits.max_parallel),
             grant.tokens,
-            grant.id,
+            self._ids(grant.id),
             int((self.lease or 0) * _US),
             self._ttl_ms,
         ]
@@ -103,14 +104,14 @@ class RedisBackend:
             return  # nothing to free, nothing to correct: no round trip
         _, tok, tsum, par = self.keys(grant.key)
         used = -1 if used_tokens is None or grant.limits.tpm is None else max(0, used_tokens)
-        args = [grant.id, grant.tokens, used, int(self.window * _US), self._ttl_ms]
+        args = [self._ids(grant.id), grant.tokens, used, int(self.window * _US), self._ttl_ms]
         await self._bounded(lambda: self._settle(keys=[tok, tsum, par], args=args))
 
     async def renew(self, grants: Sequence[Grant]) -> None:
         """Renew the leases of ``grants``: a RENEW per API key, all in one round trip."""
         ids: dict[str, list[str]] = {}
         for grant in grants:
-            ids.setdefault(grant.key, []).append(grant.id)
+            ids.setdefault(grant.key, []).append(self._ids(grant.id))
         lease_us = int((self.lease or 0) * _US)
         calls: list[tuple[str, list[int | str]]] = [
             (self.keys(name)[3], [lease_us, self._ttl_ms, *members])
