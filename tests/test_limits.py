@@ -8,6 +8,7 @@ the cross-process tests run the limiter in separate OS processes sharing that se
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import multiprocessing
 import os
@@ -39,6 +40,7 @@ from proxy.limits import (
 )
 from proxy.limits.backend import Decision, Grant, Ids
 from proxy.limits.headers import duration, retry_after
+from proxy.limits.memory import MOST
 from tests.redis_server import RedisServer, running_redis
 
 WINDOW = 2.0  # seconds: the tests' sliding window
@@ -682,6 +684,61 @@ class _Reference(MemoryBackend):
         if refused is None:
             self._record(log, grant, now)
         return self._decision(log, grant, now, refused)
+
+
+def test_the_memory_backends_arrays_keep_the_log_a_plain_list_would() -> None:
+    """The memory backend's logs are C arrays whose front is dropped lazily and moved down now
+    and then; a plain list of [time, amount] entries is the model. Over a long run (thousands
+    of entries in the window, so the arrays are moved down many times), with reservations
+    replaced in the window, overruns charged after it, usage kept (None) and absurd figures
+    clamped, both must hold the same entries and totals after every step."""
+
+    async def main() -> None:
+        rng = random.Random(5)
+        now, window = [0.0], 10.0
+        backend = MemoryBackend(window, lambda: now[0])
+        limits = KeyLimits(rpm=10**9, tpm=10**30, max_parallel=10**9)
+        requests: collections.deque[float] = collections.deque()
+        tokens: collections.deque[list[float]] = collections.deque()
+        reserved: dict[int, list[float]] = {}  # grant id -> its entry in the model
+        held: list[Grant] = []
+        moved = 0
+        for step in range(30_000):
+            now[0] += rng.choice([0.0, 0.001, 0.004, 0.01, 0.5])
+            edge = now[0] - window
+            while requests and requests[0] <= edge:
+                requests.popleft()
+            while tokens and tokens[0][0] <= edge:
+                tokens.popleft()
+            if held and rng.random() < 0.45:
+                grant = held.pop(rng.randrange(len(held)) if rng.random() < 0.3 else 0)
+                used = rng.choice([None, 0, 3, 40, 5000, 10**30])
+                await backend.settle(grant, used)
+                entry = reserved.pop(grant.id)
+                if used is not None and any(e is entry for e in tokens):
+                    entry[1] = min(used, MOST)
+                elif used is not None and used > grant.tokens:
+                    tokens.append([now[0], min(used - grant.tokens, MOST)])
+            else:
+                grant = Grant("k", limits, rng.randint(1, 3000), step)
+                assert (await backend.admit(grant)).admitted
+                requests.append(now[0])
+                reserved[grant.id] = [now[0], grant.tokens]
+                tokens.append(reserved[grant.id])
+                held.append(grant)
+            log = backend._logs["k"]
+            log.trim(edge)
+            kept = log.tokens
+            moved = max(moved, kept.base)
+            assert list(log.requests.times[log.requests.head :]) == list(requests), step
+            assert [
+                [t, a]
+                for t, a in zip(kept.times[kept.head :], kept.amounts[kept.head :], strict=True)
+            ] == [[t, a] for t, a in tokens], step
+            assert log.total == sum(a for _, a in tokens), step
+        assert moved > 10_000  # the arrays were moved down, many times over
+
+    run(main())
 
 
 def test_the_memory_backends_hot_path_answers_as_its_parts_do() -> None:

@@ -1,56 +1,128 @@
 """Limits kept in the memory of one process: exact within it, nothing to run beside it.
 
-The same sliding logs as the Redis script, in deques: an entry is appended when a grant is
-admitted and popped from the left once it is older than the window, so each admission costs
-amortised O(1). Everything runs on one event loop without awaiting in between, which makes
-each admission atomic with no lock. Parallel slots need no lease here: a process that dies
-takes its slots with it.
+The same sliding logs as the Redis script: an entry is appended when a grant is admitted and
+dropped from the front once it is older than the window, so each admission costs amortised
+O(1). Everything runs on one event loop without awaiting in between, which makes each
+admission atomic with no lock. Parallel slots need no lease here: a process that dies takes
+its slots with it.
+
+A log lives in two C arrays (times and amounts), not in a deque of Python objects: a busy key
+holds an entry per request for a whole window (180,000 at 3,000 requests/s). As objects (a
+float, a tuple, an int and a dict slot each) they took 33 MB, scattered among every request's
+short-lived objects, and the in-process bench's requests with a limited key cost 7 µs more
+(208-211 µs against 215-219). As arrays they take 6 MB.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
+from array import array
 from collections.abc import Callable, Sequence
 
 from proxy.limits.backend import Decision, Grant
 from proxy.limits.errors import Reason
 
+#: The largest amount an entry holds (the arrays' 64-bit integers); a larger figure (an
+#: upstream's absurd usage) is charged as this, which no limit lets through anyway.
+MOST = 2**62
+_COMPACT = 1024  # dropped entries kept in front of the arrays before moving the rest down
 
-class _Log:
-    """The state of one key: when its requests came, what tokens they were charged, and the
-    ids of the requests in flight."""
 
-    __slots__ = ("amounts", "flight", "requests", "tokens", "total")
+class _Entries:
+    """A sliding log, oldest first: each entry's time and amount.
+
+    Entries are numbered in order of arrival, for good: ``append`` returns the number,
+    ``amend`` takes it. Dropped entries stay at the front of the arrays until they are most
+    of them; the rest is then moved down in one memmove.
+    """
+
+    __slots__ = ("amounts", "base", "head", "times")
 
     def __init__(self) -> None:
-        self.requests: deque[float] = deque()
-        self.tokens: deque[tuple[float, int]] = deque()  # (time, id); amounts[id] its charge
-        self.amounts: dict[int, int] = {}
-        self.total = 0
+        self.times = array("d")
+        self.amounts = array("q")
+        self.head = 0  # the position of the oldest entry still in the window
+        self.base = 0  # the number of the entry at position 0
+
+    def __len__(self) -> int:
+        return len(self.times) - self.head
+
+    def __getitem__(self, index: int) -> float:
+        """The time of the ``index``-th oldest entry in the window."""
+        return self.times[self.head + index]
+
+    def append(self, at: float, amount: int) -> int:
+        self.times.append(at)
+        self.amounts.append(min(amount, MOST))
+        return self.base + len(self.times) - 1
+
+    def drop(self, edge: float) -> int:
+        """Drop the entries made at or before ``edge`` (they left the window); return the sum
+        of their amounts."""
+        times, head = self.times, self.head
+        end = len(times)
+        if head == end or times[head] > edge:  # the usual case: nothing left since last time
+            return 0
+        amounts, dropped = self.amounts, 0
+        while head < end and times[head] <= edge:
+            dropped += amounts[head]
+            head += 1
+        if head >= _COMPACT and 2 * head >= end:
+            del times[:head]
+            del amounts[:head]
+            self.base += head
+            head = 0
+        self.head = head
+        return dropped
+
+    def amend(self, number: int, amount: int) -> int | None:
+        """Set entry ``number``'s amount; return the change, or None if it left the window."""
+        position = number - self.base
+        if position < self.head:
+            return None
+        amount = min(amount, MOST)
+        change = amount - self.amounts[position]
+        self.amounts[position] = amount
+        return change
+
+    def free_at(self, need: int) -> float | None:
+        """When the entry whose leaving frees ``need`` (its amount and the older ones') was
+        made; None if even an empty window would not free that much."""
+        freed, amounts = 0, self.amounts
+        for position in range(self.head, len(amounts)):
+            freed += amounts[position]
+            if freed >= need:
+                return self.times[position]
+        return None
+
+
+class _Log:
+    """The state of one key: when its requests came, what tokens they were charged (and
+    which entry holds the reservation of each request not yet settled), and the ids of the
+    requests in flight."""
+
+    __slots__ = ("charged", "flight", "requests", "tokens", "total")
+
+    def __init__(self) -> None:
+        self.requests = _Entries()  # amounts: 1
+        self.tokens = _Entries()
+        self.total = 0  # the tokens in the window
+        self.charged: dict[int, int] = {}  # grant id -> its reservation's entry, until settled
         self.flight: set[int] = set()
 
     def trim(self, edge: float) -> None:
         """Forget what happened at or before ``edge`` (it has left the window)."""
-        while self.requests and self.requests[0] <= edge:
-            self.requests.popleft()
-        while self.tokens and self.tokens[0][0] <= edge:
-            self.total -= self.amounts.pop(self.tokens.popleft()[1])
+        self.requests.drop(edge)
+        self.total -= self.tokens.drop(edge)
 
-    def charge(self, now: float, entry: int, tokens: int) -> None:
-        self.tokens.append((now, entry))
-        self.amounts[entry] = tokens
-        self.total += tokens
+    def charge(self, now: float, tokens: int) -> int:
+        self.total += min(tokens, MOST)
+        return self.tokens.append(now, tokens)
 
     def tokens_free_at(self, need: int) -> float | None:
         """When the charge whose leaving frees ``need`` tokens was made (oldest first leave);
         None if even an empty window would not free them."""
-        freed = 0
-        for at, entry in self.tokens:
-            freed += self.amounts[entry]
-            if freed >= need:
-                return at
-        return None
+        return self.tokens.free_at(need)
 
 
 class MemoryBackend:
@@ -90,15 +162,15 @@ class MemoryBackend:
         window = self.window
         reset_requests = reset_tokens = 0.0
         if rpm is not None:
-            requests.append(now)
+            requests.append(now, 1)
             reset_requests = requests[0] + window - now
             reset_requests = reset_requests if reset_requests > 0.0 else 0.0
         if tpm is not None:
-            log.charge(now, grant.id, grant.tokens)
-            at: float | None
-            at, oldest = log.tokens[0]
-            if log.amounts[oldest] < 1:  # settled at 0: the first charge that frees a token
-                at = log.tokens_free_at(1)
+            log.charged[grant.id] = log.charge(now, grant.tokens)
+            tokens = log.tokens
+            at: float | None = tokens.times[tokens.head]
+            if tokens.amounts[tokens.head] < 1:  # settled at 0: the first one that frees a token
+                at = tokens.free_at(1)
             if at is not None:
                 reset_tokens = at + window - now
                 reset_tokens = reset_tokens if reset_tokens > 0.0 else 0.0
@@ -122,9 +194,9 @@ class MemoryBackend:
     def _record(self, log: _Log, grant: Grant, now: float) -> None:
         limits = grant.limits
         if limits.rpm is not None:
-            log.requests.append(now)
+            log.requests.append(now, 1)
         if limits.tpm is not None:
-            log.charge(now, grant.id, grant.tokens)
+            log.charged[grant.id] = log.charge(now, grant.tokens)
         if limits.max_parallel is not None:
             log.flight.add(grant.id)
 
@@ -167,15 +239,16 @@ class MemoryBackend:
         if log is None:
             return
         log.flight.discard(grant.id)
-        if used_tokens is None or grant.limits.tpm is None:
+        entry = log.charged.pop(grant.id, None)
+        if used_tokens is None or entry is None:  # keep the reservation; or nothing charged
             return
         now = self._clock()
         log.trim(now - self.window)  # an expired reservation must not be "replaced"
-        if grant.id in log.amounts:  # still in the window: replace the reservation
-            log.total += used_tokens - log.amounts[grant.id]
-            log.amounts[grant.id] = used_tokens
+        change = log.tokens.amend(entry, used_tokens)
+        if change is not None:  # still in the window: the reservation replaced
+            log.total += change
         elif used_tokens > grant.tokens:  # it left the window already: charge the overrun now
-            log.charge(now, ~grant.id, used_tokens - grant.tokens)  # ~: no grant's id
+            log.charge(now, used_tokens - grant.tokens)
 
     async def renew(self, grants: Sequence[Grant]) -> None:
         """Nothing to renew: slots here live until settled."""
