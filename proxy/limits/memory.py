@@ -28,19 +28,18 @@ MOST = 2**62
 _COMPACT = 1024  # dropped entries kept in front of the arrays before moving the rest down
 
 
-class _Entries:
-    """A sliding log, oldest first: each entry's time and amount.
+class _Times:
+    """A sliding log of times, oldest first, in a C array.
 
-    Entries are numbered in order of arrival, for good: ``append`` returns the number,
-    ``amend`` takes it. Dropped entries stay at the front of the arrays until they are most
-    of them; the rest is then moved down in one memmove.
+    Entries are numbered in order of arrival, for good (``base + position``). Dropped entries
+    stay at the front of the array until they are most of it; the rest is then moved down in
+    one memmove. The admission's hot path reads ``times`` and ``head`` itself.
     """
 
-    __slots__ = ("amounts", "base", "head", "times")
+    __slots__ = ("base", "head", "times")
 
     def __init__(self) -> None:
         self.times = array("d")
-        self.amounts = array("q")
         self.head = 0  # the position of the oldest entry still in the window
         self.base = 0  # the number of the entry at position 0
 
@@ -51,32 +50,61 @@ class _Entries:
         """The time of the ``index``-th oldest entry in the window."""
         return self.times[self.head + index]
 
+    def stale(self, edge: float) -> bool:
+        """Did the oldest entry leave the window (made at or before ``edge``)?"""
+        return self.head < len(self.times) and self.times[self.head] <= edge
+
+    def drop(self, edge: float) -> int:
+        """Drop the entries made at or before ``edge``; return how many."""
+        times, head = self.times, self.head
+        end = len(times)
+        while head < end and times[head] <= edge:
+            head += 1
+        dropped = head - self.head
+        self._forget(head)
+        return dropped
+
+    def _forget(self, head: int) -> None:
+        """Move the front to ``head``; move the rest down once the dropped are most."""
+        if head >= _COMPACT and 2 * head >= len(self.times):
+            del self.times[:head]
+            self.base += head
+            head = 0
+        self.head = head
+
+
+class _Charges(_Times):
+    """A sliding log of charges: each entry's time and amount (tokens)."""
+
+    __slots__ = ("amounts",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.amounts = array("q")
+
     def append(self, at: float, amount: int) -> int:
+        """Add a charge made ``at``; return its number (which ``amend`` takes)."""
         self.times.append(at)
         self.amounts.append(min(amount, MOST))
         return self.base + len(self.times) - 1
 
     def drop(self, edge: float) -> int:
-        """Drop the entries made at or before ``edge`` (they left the window); return the sum
-        of their amounts."""
-        times, head = self.times, self.head
-        end = len(times)
-        if head == end or times[head] > edge:  # the usual case: nothing left since last time
-            return 0
-        amounts, dropped = self.amounts, 0
+        """Drop the charges made at or before ``edge``; return the sum of their amounts."""
+        times, amounts, head = self.times, self.amounts, self.head
+        end, dropped = len(times), 0
         while head < end and times[head] <= edge:
             dropped += amounts[head]
             head += 1
-        if head >= _COMPACT and 2 * head >= end:
-            del times[:head]
-            del amounts[:head]
-            self.base += head
-            head = 0
-        self.head = head
+        self._forget(head)
         return dropped
 
+    def _forget(self, head: int) -> None:
+        if head >= _COMPACT and 2 * head >= len(self.times):
+            del self.amounts[:head]
+        super()._forget(head)
+
     def amend(self, number: int, amount: int) -> int | None:
-        """Set entry ``number``'s amount; return the change, or None if it left the window."""
+        """Set charge ``number``'s amount; return the change, or None if it left the window."""
         position = number - self.base
         if position < self.head:
             return None
@@ -86,7 +114,7 @@ class _Entries:
         return change
 
     def free_at(self, need: int) -> float | None:
-        """When the entry whose leaving frees ``need`` (its amount and the older ones') was
+        """When the charge whose leaving frees ``need`` (its amount and the older ones') was
         made; None if even an empty window would not free that much."""
         freed, amounts = 0, self.amounts
         for position in range(self.head, len(amounts)):
@@ -98,22 +126,24 @@ class _Entries:
 
 class _Log:
     """The state of one key: when its requests came, what tokens they were charged (and
-    which entry holds the reservation of each request not yet settled), and the ids of the
+    which charge is the reservation of each request not yet settled), and the ids of the
     requests in flight."""
 
     __slots__ = ("charged", "flight", "requests", "tokens", "total")
 
     def __init__(self) -> None:
-        self.requests = _Entries()  # amounts: 1
-        self.tokens = _Entries()
+        self.requests = _Times()
+        self.tokens = _Charges()
         self.total = 0  # the tokens in the window
-        self.charged: dict[int, int] = {}  # grant id -> its reservation's entry, until settled
+        self.charged: dict[int, int] = {}  # grant id -> its reservation's number, until settled
         self.flight: set[int] = set()
 
     def trim(self, edge: float) -> None:
         """Forget what happened at or before ``edge`` (it has left the window)."""
-        self.requests.drop(edge)
-        self.total -= self.tokens.drop(edge)
+        if self.requests.stale(edge):
+            self.requests.drop(edge)
+        if self.tokens.stale(edge):
+            self.total -= self.tokens.drop(edge)
 
     def charge(self, now: float, tokens: int) -> int:
         self.total += min(tokens, MOST)
@@ -150,20 +180,23 @@ class MemoryBackend:
         limits = grant.limits
         rpm, tpm, parallel = limits.rpm, limits.tpm, limits.max_parallel
         requests, flight = log.requests, log.flight
+        times = requests.times
+        count = len(times) - requests.head
         if (
-            (rpm is not None and len(requests) >= rpm)
+            (rpm is not None and count >= rpm)
             or (tpm is not None and log.total + grant.tokens > tpm)
             or (parallel is not None and len(flight) >= parallel)
         ):
             return self._decision(log, grant, now, self._refusal(log, grant))
-        # Admitted (the hot path, in one pass): ``_record`` and ``_decision``'s answer for an
-        # admission, without their general cases (tests/test_limits.py holds the two to the
-        # same answers).
+        # Admitted (the hot path, in one pass, reading the logs' arrays itself): ``_record``
+        # and ``_decision``'s answer for an admission, without their general cases
+        # (tests/test_limits.py holds the two to the same answers).
         window = self.window
         reset_requests = reset_tokens = 0.0
         if rpm is not None:
-            requests.append(now, 1)
-            reset_requests = requests[0] + window - now
+            times.append(now)
+            count += 1
+            reset_requests = times[requests.head] + window - now
             reset_requests = reset_requests if reset_requests > 0.0 else 0.0
         if tpm is not None:
             log.charged[grant.id] = log.charge(now, grant.tokens)
@@ -177,9 +210,7 @@ class MemoryBackend:
         if parallel is not None:
             flight.add(grant.id)
         # admitted, refused_by, requests, tokens, parallel, reset_requests, reset_tokens
-        return Decision(
-            True, None, len(requests), log.total, len(flight), reset_requests, reset_tokens
-        )
+        return Decision(True, None, count, log.total, len(flight), reset_requests, reset_tokens)
 
     def _refusal(self, log: _Log, grant: Grant) -> Reason | None:
         limits = grant.limits
@@ -194,7 +225,7 @@ class MemoryBackend:
     def _record(self, log: _Log, grant: Grant, now: float) -> None:
         limits = grant.limits
         if limits.rpm is not None:
-            log.requests.append(now, 1)
+            log.requests.times.append(now)
         if limits.tpm is not None:
             log.charged[grant.id] = log.charge(now, grant.tokens)
         if limits.max_parallel is not None:
