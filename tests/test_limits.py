@@ -15,6 +15,7 @@ import os
 import random
 import re
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -137,6 +138,8 @@ def test_durations_take_a_short_way_to_the_same_text() -> None:
         ties + [math.nextafter(t, 0) for t in ties] + [math.nextafter(t, math.inf) for t in ties]
     )
     values += [rng.randrange(1, 86_400 * 10**6) / 10**6 for _ in range(5_000)]  # Redis's µs
+    values += [2.0**e * rng.uniform(1, 2) for e in range(30, 1023) for _ in range(3)]  # absurd
+    values += [4398451598541.695, 4424618614369.261, 1.8e305, sys.float_info.max]
     assert [duration(v) for v in values] == [_duration_general(v) for v in values]
 
 
@@ -737,6 +740,37 @@ def test_the_memory_backends_arrays_keep_the_log_a_plain_list_would() -> None:
             ] == [[t, a] for t, a in tokens], step
             assert log.total == sum(a for _, a in tokens), step
         assert moved > 10_000  # the arrays were moved down, many times over
+
+    run(main())
+
+
+def test_grants_never_settled_do_not_keep_their_numbers_and_late_ones_pay_their_overrun() -> None:
+    """A reservation's number is kept until its grant settles; one never settled (a bug
+    elsewhere) is forgotten once its charge left the window and the arrays moved down. A grant
+    settled after that still pays what it used beyond its reservation, and absurd figures
+    (below zero, past 64 bits) are charged as 0 and 2**62 rather than raising."""
+
+    async def main() -> None:
+        now = [0.0]
+        backend = MemoryBackend(1.0, lambda: now[0])
+        limits = KeyLimits(tpm=10**30)
+        late = Grant("k", limits, 10, -1)
+        assert (await backend.admit(late)).admitted
+        for number in range(20_000):  # 200 s of grants nobody settles, 100 a second
+            now[0] += 0.01
+            assert (await backend.admit(Grant("k", limits, 10, number))).admitted
+        log = backend._logs["k"]
+        # Bounded by the window and the drops between two moves (1,024 at least), not 20,000.
+        assert log.tokens.base > 0 and len(log.charged) <= len(log.tokens) + 2 * 1024
+        total = log.total
+        await backend.settle(late, 25)  # its 10 left the window long ago: 15 more now
+        assert log.total == total + 15
+        for used in (-(10**30), 10**30):
+            grant = Grant("k", limits, 10, 10**6 + used % 7)
+            assert (await backend.admit(grant)).admitted
+            before = log.total
+            await backend.settle(grant, used)
+            assert log.total == before - 10 + (0 if used < 0 else MOST)
 
     run(main())
 

@@ -23,6 +23,8 @@ def encoded_duration(seconds: float) -> bytes:
     a second (a full window, its oldest entry about to leave) and within a minute."""
     if seconds < 1:
         return b"%dms" % max(1, round(seconds * 1000)) if seconds > 0 else b"0s"
+    if seconds >= _HUGE:
+        return _huge(seconds)
     # round(seconds, 3) in whole milliseconds. It rounds the float's exact value, which takes
     # a decimal conversion (about a microsecond); rounding the product gives the same number
     # except where the product's own rounding (under 1e-11 for a reset shorter than a day) may
@@ -41,6 +43,18 @@ def encoded_duration(seconds: float) -> bytes:
     if hours:
         return b"%dh%dm%s" % (hours, minutes, _seconds(rest))
     return b"%dm%s" % (minutes, _seconds(rest)) if minutes else _seconds(rest)
+
+
+_HUGE = 2.0**32  # seconds (136 years): past it the product no longer holds the half-millisecond
+
+
+def _huge(seconds: float) -> bytes:
+    """``encoded_duration`` the general way, in floats: for no reset a window gives, but
+    the function answers every float as it always did."""
+    whole_minutes, rest = divmod(round(seconds, 3), 60)
+    hours, minutes = divmod(int(whole_minutes), 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return (f"{hours}h{minutes}m{text}" if hours else f"{minutes}m{text}").encode()
 
 
 def _seconds(millis: int) -> bytes:

@@ -23,8 +23,15 @@ from proxy.limits.backend import Decision, Grant
 from proxy.limits.errors import Reason
 
 #: The largest amount an entry holds (the arrays' 64-bit integers); a larger figure (an
-#: upstream's absurd usage) is charged as this, which no limit lets through anyway.
+#: upstream's absurd usage) is charged as this, which no limit lets through anyway. A negative
+#: one is charged as 0.
 MOST = 2**62
+
+
+def _amount(tokens: int) -> int:
+    return 0 if tokens < 0 else tokens if tokens < MOST else MOST
+
+
 _COMPACT = 1024  # dropped entries kept in front of the arrays before moving the rest down
 
 
@@ -85,7 +92,7 @@ class _Charges(_Times):
     def append(self, at: float, amount: int) -> int:
         """Add a charge made ``at``; return its number (which ``amend`` takes)."""
         self.times.append(at)
-        self.amounts.append(min(amount, MOST))
+        self.amounts.append(_amount(amount))
         return self.base + len(self.times) - 1
 
     def drop(self, edge: float) -> int:
@@ -108,7 +115,7 @@ class _Charges(_Times):
         position = number - self.base
         if position < self.head:
             return None
-        amount = min(amount, MOST)
+        amount = _amount(amount)
         change = amount - self.amounts[position]
         self.amounts[position] = amount
         return change
@@ -143,10 +150,17 @@ class _Log:
         if self.requests.stale(edge):
             self.requests.drop(edge)
         if self.tokens.stale(edge):
+            base = self.tokens.base
             self.total -= self.tokens.drop(edge)
+            if self.tokens.base != base and self.charged:
+                # Moved down: forget the numbers of reservations that left the window, or a
+                # grant never settled (a bug elsewhere) would keep its number forever. Settled,
+                # such a grant is charged its overrun, as any whose reservation left.
+                first = self.tokens.base + self.tokens.head
+                self.charged = {grant: at for grant, at in self.charged.items() if at >= first}
 
     def charge(self, now: float, tokens: int) -> int:
-        self.total += min(tokens, MOST)
+        self.total += _amount(tokens)
         return self.tokens.append(now, tokens)
 
     def tokens_free_at(self, need: int) -> float | None:
@@ -271,11 +285,11 @@ class MemoryBackend:
             return
         log.flight.discard(grant.id)
         entry = log.charged.pop(grant.id, None)
-        if used_tokens is None or entry is None:  # keep the reservation; or nothing charged
+        if used_tokens is None or grant.limits.tpm is None:  # keep the reservation; or none
             return
         now = self._clock()
         log.trim(now - self.window)  # an expired reservation must not be "replaced"
-        change = log.tokens.amend(entry, used_tokens)
+        change = None if entry is None else log.tokens.amend(entry, used_tokens)
         if change is not None:  # still in the window: the reservation replaced
             log.total += change
         elif used_tokens > grant.tokens:  # it left the window already: charge the overrun now
