@@ -27,13 +27,12 @@ from proxy.limits.errors import Reason
 #: upstream's absurd usage) is charged as this, which no limit lets through anyway. A negative
 #: one is charged as 0.
 MOST = 2**62
+_COMPACT = 1024  # dropped entries kept in front of the arrays before moving the rest down
 
 
 def _amount(tokens: int) -> int:
+    """``tokens`` as an entry holds it: 0 to ``MOST``."""
     return 0 if tokens < 0 else tokens if tokens < MOST else MOST
-
-
-_COMPACT = 1024  # dropped entries kept in front of the arrays before moving the rest down
 
 
 class _Times:
