@@ -74,10 +74,13 @@ class _Times:
     def _forget(self, head: int) -> None:
         """Move the front to ``head``; move the rest down once the dropped are most."""
         if head >= _COMPACT and 2 * head >= len(self.times):
-            del self.times[:head]
+            self._move_down(head)
             self.base += head
             head = 0
         self.head = head
+
+    def _move_down(self, head: int) -> None:
+        del self.times[:head]
 
 
 class _Charges(_Times):
@@ -105,10 +108,9 @@ class _Charges(_Times):
         self._forget(head)
         return dropped
 
-    def _forget(self, head: int) -> None:
-        if head >= _COMPACT and 2 * head >= len(self.times):
-            del self.amounts[:head]
-        super()._forget(head)
+    def _move_down(self, head: int) -> None:
+        del self.amounts[:head]
+        super()._move_down(head)
 
     def amend(self, number: int, amount: int) -> int | None:
         """Set charge ``number``'s amount; return the change, or None if it left the window."""
@@ -162,11 +164,6 @@ class _Log:
     def charge(self, now: float, tokens: int) -> int:
         self.total += _amount(tokens)
         return self.tokens.append(now, tokens)
-
-    def tokens_free_at(self, need: int) -> float | None:
-        """When the charge whose leaving frees ``need`` tokens was made (oldest first leave);
-        None if even an empty window would not free them."""
-        return self.tokens.free_at(need)
 
 
 class MemoryBackend:
@@ -252,7 +249,7 @@ class MemoryBackend:
             reset_requests = self._free_in(at, now, refused)
         if grant.limits.tpm is not None:
             need = log.total + grant.tokens - grant.limits.tpm if refused == "tokens" else 1
-            reset_tokens = self._free_in(log.tokens_free_at(need), now, refused)
+            reset_tokens = self._free_in(log.tokens.free_at(need), now, refused)
         waits = {"requests": reset_requests, "tokens": reset_tokens, "parallel": 1.0}
         return Decision(
             admitted=refused is None,
