@@ -24,6 +24,9 @@ MARGIN = 16
 # What is accepted where JSON is parsed: deeper is refused there.
 ACCEPTED_DEPTH = WRITABLE_DEPTH - MARGIN
 TOO_DEEP = f"nested more than {ACCEPTED_DEPTH} levels deep"  # for the error messages
+# JSON this short cannot be nested deeper than accepted (see ``writable``): a caller on a hot
+# path may skip the call for it.
+SHORT = 2 * ACCEPTED_DEPTH
 
 
 def writable(raw: bytes, value: Any) -> bool:
@@ -32,7 +35,7 @@ def writable(raw: bytes, value: Any) -> bool:
     brackets cannot be that deep (parsed JSON that deep has that many closing brackets too, so
     it is longer than twice the depth; most stream chunks are shorter, and this runs on every
     one). Only JSON with more brackets than ``ACCEPTED_DEPTH`` is written once to find out."""
-    if len(raw) <= 2 * ACCEPTED_DEPTH or raw.count(b"[") + raw.count(b"{") <= ACCEPTED_DEPTH:
+    if len(raw) <= SHORT or raw.count(b"[") + raw.count(b"{") <= ACCEPTED_DEPTH:
         return True
     for _ in range(MARGIN):
         value = [value]

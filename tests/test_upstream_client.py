@@ -17,6 +17,7 @@ import aiohttp
 import httpx
 import pytest
 import trustme
+from aiohttp.client_proto import ResponseHandler
 
 from proxy.errors import ProxyError
 from proxy.secrets import Scrubber
@@ -117,6 +118,75 @@ def test_events_are_handed_over_as_they_arrive() -> None:
         times = run(go(fake.url))
     assert len(times) == 4
     assert times[0] < 0.1 and times[-1] > 0.5  # each as it came, not all at the end
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, cls: type, name: str) -> list[int]:
+    """Count the calls of ``cls.name`` (still calling it)."""
+    calls: list[int] = []
+    original = getattr(cls, name)
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, counted)
+    return calls
+
+
+def test_reading_resumes_only_after_a_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp's reader asks its protocol to resume reading after every chunk it hands out;
+    ``wire._Handler`` lets that through only when reading was paused. A fast stream of small
+    chunks never pauses: no resume reaches aiohttp (with its own handler, one per chunk)."""
+    resumes = _counting(monkeypatch, ResponseHandler, "resume_reading")
+    pauses = _counting(monkeypatch, ResponseHandler, "pause_reading")
+
+    async def small(request: Recorded, reply: Reply) -> None:
+        await reply.start()
+        for n in range(200):
+            await reply.send(b"data: %d\n\n" % n)
+        await reply.end()
+
+    async def go(url: str) -> list[bytes]:
+        async with client_for(url) as http:
+            response = await http.post(http.url("/x"), b"{}")
+            got = [item async for item in http.events(response, data)]
+            await response.aclose()
+            return got
+
+    with serve_fake(small) as fake:
+        got = run(go(fake.url))
+    assert got == [b"%d" % n for n in range(200)]
+    assert not pauses and not resumes
+
+
+def test_a_paused_read_resumes_and_loses_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backpressure still works: 4 MiB sent at once to a reader that waits first fills
+    aiohttp's buffer past its high-water mark, reading pauses, and each resume that follows is
+    let through; every byte arrives, in order."""
+    resumes = _counting(monkeypatch, ResponseHandler, "resume_reading")
+    pauses = _counting(monkeypatch, ResponseHandler, "pause_reading")
+    blob = b"".join(b"%08d" % n for n in range(512 * 1024))  # 4 MiB, every offset distinct
+
+    async def big(request: Recorded, reply: Reply) -> None:
+        await reply.start(headers={"content-type": "application/octet-stream"})
+        await reply.send(blob, piece=4096)
+        await reply.end()
+
+    async def go(url: str) -> bytes:
+        async with client_for(url) as http:
+            response = await http.post(http.url("/x"), b"{}")
+            await asyncio.sleep(0.5)  # let the buffer fill up before reading
+            parts = []
+            async with asyncio.timeout(20):  # a resume skipped wrongly would hang here
+                async for part in http.chunks(response):
+                    parts.append(part)
+                    await asyncio.sleep(0)
+            await response.aclose()
+            return b"".join(parts)
+
+    with serve_fake(big) as fake:
+        assert run(go(fake.url)) == blob
+    assert pauses and resumes  # it paused, and every resume after a pause went through
 
 
 def test_keep_alive_reuses_one_connection_and_expires() -> None:

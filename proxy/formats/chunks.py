@@ -105,7 +105,8 @@ class StreamNormalizer:
             delta = choice["delta"] = {}
         elif not isinstance(delta, dict):
             raise malformed("a delta that is not an object")
-        check_message(delta)
+        if len(delta) != 1 or type(delta.get("content")) is not str:  # else nothing to check
+            check_message(delta)
         if "reasoning" in delta:  # vLLM >= 0.11, Ollama, OpenRouter
             _rename_reasoning(delta)
         if not self.started:

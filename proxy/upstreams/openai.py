@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from proxy.errors import InvalidRequest, UpstreamMalformed, UpstreamStreamError
-from proxy.jsondepth import TOO_DEEP, writable
+from proxy.jsondepth import SHORT, TOO_DEEP, writable
 from proxy.secrets import Scrubber
 from proxy.settings import HTTPUpstream
 from proxy.sse import Event
@@ -123,8 +123,16 @@ class OpenAICompatible:
             raise UpstreamMalformed(
                 f"The upstream '{self.name}' sent malformed JSON in the stream."
             ) from exc
-        if not writable(data, payload):  # read, but not writable on (``proxy.jsondepth``)
+        # Both checks first tell ordinary chunks by a glance, in line: they run on each one.
+        if len(data) > SHORT and not writable(data, payload):  # see ``proxy.jsondepth``
             raise UpstreamMalformed(f"The upstream '{self.name}' sent an event {TOO_DEEP}.")
+        if (
+            type(payload) is dict
+            and "error" not in payload
+            and event.event != "error"
+            and payload.get("object") != "error"
+        ):
+            return payload  # a chunk, not one of the error shapes (``failures.payload_error``)
         if event.event == "error" and isinstance(payload, dict) and "error" not in payload:
             payload = {"error": payload}  # llama.cpp's legacy "error:" field, "event: error"
         error = failures.payload_error(payload)
