@@ -85,9 +85,13 @@ class Ticket:
         if self._settled:
             return
         self._settled = True
-        if self._limiter is not None and self._grant is not None:
+        limiter, grant = self._limiter, self._grant
+        if limiter is not None and grant is not None:
             used = None if used_tokens is None else max(0, used_tokens)
-            await self._limiter._settle(self._grant, used)
+            if limiter._memory is not None:  # no heartbeat, no breaker, nothing to wait for
+                limiter._memory.settle_now(grant, used)
+            else:
+                await limiter._settle(grant, used)
 
     async def release(self) -> None:
         """End a request that produced no tokens: refund the reservation, free the slot."""
@@ -112,6 +116,8 @@ class Limiter:
         self.misses = 0  # admissions let through unchecked (allow, backend down)
         self._numbers = itertools.count()
         self._local = getattr(self.backend, "local", False)  # a test's fake may not say
+        # The memory backend is called without a coroutine each way: nothing in it waits.
+        self._memory = self.backend if isinstance(self.backend, MemoryBackend) else None
         lease = self.backend.lease
         self._heartbeat = Heartbeat(self._renew, lease / 3) if lease else None
 
@@ -127,7 +133,9 @@ class Limiter:
         if limits.unlimited:
             return Ticket(key)
         grant = Grant(key, limits, limits.reservation(tokens), next(self._numbers))
-        if self._local:  # in this process's memory: it cannot be down
+        if self._memory is not None:
+            decision = self._memory.admit_now(grant)
+        elif self._local:  # in this process's memory: it cannot be down
             decision = await self.backend.admit(grant)
         else:
             try:

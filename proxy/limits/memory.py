@@ -57,10 +57,6 @@ class _Times:
         """The time of the ``index``-th oldest entry in the window."""
         return self.times[self.head + index]
 
-    def stale(self, edge: float) -> bool:
-        """Did the oldest entry leave the window (made at or before ``edge``)?"""
-        return self.head < len(self.times) and self.times[self.head] <= edge
-
     def drop(self, edge: float) -> int:
         """Drop the entries made at or before ``edge``; return how many."""
         times, head = self.times, self.head
@@ -149,16 +145,19 @@ class _Log:
 
     def trim(self, edge: float) -> None:
         """Forget what happened at or before ``edge`` (it has left the window)."""
-        if self.requests.stale(edge):
-            self.requests.drop(edge)
-        if self.tokens.stale(edge):
-            base = self.tokens.base
-            self.total -= self.tokens.drop(edge)
-            if self.tokens.base != base and self.charged:
+        requests, tokens = self.requests, self.tokens
+        # Has each log's oldest entry left the window? Asked in line: on every admission and
+        # settlement, and most often the answer is no.
+        if requests.head < len(requests.times) and requests.times[requests.head] <= edge:
+            requests.drop(edge)
+        if tokens.head < len(tokens.times) and tokens.times[tokens.head] <= edge:
+            base = tokens.base
+            self.total -= tokens.drop(edge)
+            if tokens.base != base and self.charged:
                 # Moved down: forget the numbers of reservations that left the window, or a
                 # grant never settled (a bug elsewhere) would keep its number forever. Settled,
                 # such a grant is charged its overrun, as any whose reservation left.
-                first = self.tokens.base + self.tokens.head
+                first = tokens.base + tokens.head
                 self.charged = {grant: at for grant, at in self.charged.items() if at >= first}
 
     def charge(self, now: float, tokens: int) -> int:
@@ -186,6 +185,10 @@ class MemoryBackend:
         return log
 
     async def admit(self, grant: Grant) -> Decision:
+        return self.admit_now(grant)
+
+    def admit_now(self, grant: Grant) -> Decision:
+        """``admit``, as a plain call: nothing here waits (the Limiter calls this one)."""
         now = self._clock()
         log = self._log(grant.key, now)
         limits = grant.limits
@@ -277,6 +280,10 @@ class MemoryBackend:
         return max(0.0, at + self.window - now)
 
     async def settle(self, grant: Grant, used_tokens: int | None) -> None:
+        self.settle_now(grant, used_tokens)
+
+    def settle_now(self, grant: Grant, used_tokens: int | None) -> None:
+        """``settle``, as a plain call (the Limiter's tickets call this one)."""
         log = self._logs.get(grant.key)
         if log is None:
             return
