@@ -105,7 +105,7 @@ class StreamNormalizer:
             delta = choice["delta"] = {}
         elif not isinstance(delta, dict):
             raise malformed("a delta that is not an object")
-        if len(delta) != 1 or type(delta.get("content")) is not str:  # else nothing to check
+        if len(delta) != 1 or type(delta.get("content")) is not str:  # not {"content": "..."}
             check_message(delta)
         if "reasoning" in delta:  # vLLM >= 0.11, Ollama, OpenRouter
             _rename_reasoning(delta)
@@ -174,9 +174,8 @@ def estimate_usage(messages: list[Any], texts: list[str]) -> dict[str, Any]:
 
 def check_message(message: dict[str, Any]) -> None:
     """Raise unless a delta's or message's text fields are strings and its tool calls a list
-    of objects (what the aggregator and every client rely on)."""
-    if len(message) == 1 and type(message.get("content")) is str:
-        return  # nearly every chunk of a stream: {"content": "..."}
+    of objects (what the aggregator and every client rely on). A stream's delta of one string
+    ``content``, nearly every chunk, is told by its caller and not passed in."""
     for key in _TEXT_FIELDS:
         value = message.get(key)
         if value is not None and not isinstance(value, str):

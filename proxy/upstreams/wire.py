@@ -141,7 +141,9 @@ class AiohttpWire:
         self.session = aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),  # one client for all users: keep no cookies
-            auto_decompress=False,  # we ask for identity; never inflate what we did not ask for
+            # We ask for identity; never inflate what we did not ask for (and ``_Handler``'s
+            # resumes rely on it: an inflating reader resumes with work still pending).
+            auto_decompress=False,
             trust_env=pool.trust_env,  # HTTP(S)_PROXY and NO_PROXY from the environment
             skip_auto_headers=("User-Agent",),
             # The response head's bounds (aiohttp's defaults, said out loud): 8 KB a line,
