@@ -18,6 +18,7 @@ import httpx
 import pytest
 import trustme
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 
 from proxy.errors import ProxyError
 from proxy.secrets import Scrubber
@@ -187,6 +188,57 @@ def test_a_paused_read_resumes_and_loses_nothing(monkeypatch: pytest.MonkeyPatch
     with serve_fake(big) as fake:
         assert run(go(fake.url)) == blob
     assert pauses and resumes  # it paused, and every resume after a pause went through
+
+
+def test_a_pause_on_the_count_of_chunks_holds_nothing_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiohttp pauses reading once more chunks than its high-water count are buffered. Ended
+    at the end of a read, that pause leaves its parser's own pause flag set past the resume,
+    and the next read is held back until a later resume feeds it on. An outside review found
+    a body whose end then waited for bytes that never came (with the upstream closing: a
+    complete answer reported broken). Here: one write of one chunk more than the high-water
+    count, nothing read yet, then the body's end in a later write on a kept-open connection."""
+    pauses = _counting(monkeypatch, ResponseHandler, "pause_reading")
+    count = max(4, DEFAULT_CHUNK_SIZE // 16) + 1  # StreamReader's _high_water_chunks, + 1
+    tail = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+
+    async def go() -> bytes:
+        served = asyncio.Event()
+
+        async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(2)  # the body, b"{}"
+                writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                writer.write(b"1\r\nx\r\n" * count)
+                await writer.drain()
+                await asyncio.sleep(0.5)
+                writer.write(tail)
+                await writer.drain()
+                await reader.read()  # the connection stays open until the client closes it
+            finally:
+                writer.close()
+                served.set()
+
+        server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with client_for(f"http://127.0.0.1:{port}") as http:
+                response = await http.post(http.url("/x"), b"{}")
+                await asyncio.sleep(0.3)  # the chunks arrive while nothing is read
+                parts = []
+                async with asyncio.timeout(5):
+                    while part := await response.read():
+                        parts.append(part)
+                await response.aclose()
+            await asyncio.wait_for(served.wait(), 5)
+            return b"".join(parts)
+        finally:
+            server.close()
+
+    assert run(go()) == b"x" * count + b"hello world"
+    assert pauses  # the count of chunks did pause reading: the case this test is about
 
 
 def test_keep_alive_reuses_one_connection_and_expires() -> None:
