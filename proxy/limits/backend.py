@@ -82,9 +82,6 @@ class Backend(Protocol):
     #: Seconds a parallel slot survives without renewal, or None when slots live until settled
     #: (a backend whose holder cannot crash without it: the memory of the process itself).
     lease: float | None
-    #: True for a backend in the process's own memory: it cannot be down, so its calls skip
-    #: the breaker (two context managers a request, for nothing).
-    local: bool
 
     async def admit(self, grant: Grant) -> Decision:
         """Check the three limits and, if all hold, record the grant, in one atomic step."""

@@ -115,8 +115,8 @@ class Limiter:
         self.breaker = breaker if breaker is not None else Breaker()
         self.misses = 0  # admissions let through unchecked (allow, backend down)
         self._numbers = itertools.count()
-        self._local = getattr(self.backend, "local", False)  # a test's fake may not say
-        # The memory backend is called without a coroutine each way: nothing in it waits.
+        # The memory backend is called directly, each way: it cannot be down (no breaker) and
+        # nothing in it waits (no coroutine).
         self._memory = self.backend if isinstance(self.backend, MemoryBackend) else None
         lease = self.backend.lease
         self._heartbeat = Heartbeat(self._renew, lease / 3) if lease else None
@@ -135,8 +135,6 @@ class Limiter:
         grant = Grant(key, limits, limits.reservation(tokens), next(self._numbers))
         if self._memory is not None:
             decision = self._memory.admit_now(grant)
-        elif self._local:  # in this process's memory: it cannot be down
-            decision = await self.backend.admit(grant)
         else:
             try:
                 with self.breaker.guard():
@@ -169,9 +167,6 @@ class Limiter:
     async def _settle(self, grant: Grant, used_tokens: int | None) -> None:
         if self._heartbeat is not None:
             self._heartbeat.discard(grant)
-        if self._local:
-            await self.backend.settle(grant, used_tokens)
-            return
         try:
             with self.breaker.guard():
                 await self.backend.settle(grant, used_tokens)

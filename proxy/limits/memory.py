@@ -10,8 +10,8 @@ A log lives in C arrays (its times, and a charge's amounts), not in a deque of P
 objects: a busy key holds an entry per request for a whole window (180,000 at 3,000
 requests/s). As objects (a float, a tuple, an int and a dict slot each) they took 33 MB,
 scattered among every request's short-lived objects, and a keyed request in the in-process
-bench cost 223-231 µs against 208-213 µs now (alternating; 178-183 µs without keys). As
-arrays they take 6 MB.
+bench cost 223-231 µs against 208-213 µs as arrays (alternating; 178-183 µs without keys).
+As arrays they take 6 MB.
 """
 
 from __future__ import annotations
@@ -89,9 +89,10 @@ class _Charges(_Times):
         self.amounts = array("q")
 
     def append(self, at: float, amount: int) -> int:
-        """Add a charge made ``at``; return its number (which ``amend`` takes)."""
+        """Add a charge of ``amount`` (already within 0 to ``MOST``: ``_Log.charge``) made
+        ``at``; return its number (which ``amend`` takes)."""
         self.times.append(at)
-        self.amounts.append(_amount(amount))
+        self.amounts.append(amount)
         return self.base + len(self.times) - 1
 
     def drop(self, edge: float) -> int:
@@ -161,15 +162,15 @@ class _Log:
                 self.charged = {grant: at for grant, at in self.charged.items() if at >= first}
 
     def charge(self, now: float, tokens: int) -> int:
-        self.total += _amount(tokens)
-        return self.tokens.append(now, tokens)
+        amount = _amount(tokens)
+        self.total += amount
+        return self.tokens.append(now, amount)
 
 
 class MemoryBackend:
     """The default backend: per-process sliding logs, ``window`` seconds long."""
 
     lease: float | None = None
-    local = True
 
     def __init__(self, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.window = window

@@ -49,8 +49,6 @@ class RedisBackend:
     at most ``max_connections`` calls are in flight per process, the others queue.
     """
 
-    local = False  # another process: it can be down (the breaker's business)
-
     def __init__(
         self,
         url: str,
